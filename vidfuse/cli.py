@@ -1,0 +1,81 @@
+"""The ``vidfuse`` entry point: one subcommand per pipeline stage.
+
+Each stage lives in ``vidfuse/commands/<name>.py`` exposing ``register(subparsers)``;
+the module is imported only when its command runs, so ``vidfuse --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Sequence
+
+from vidfuse import __version__
+from vidfuse.errors import VidfuseError
+
+# command name -> (module under vidfuse.commands, one-line help); order = order in --help
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write a procedural text-video dataset (videos, captions, splits)"),
+    "extract": ("extract", "Beam job: video folder -> feature shards"),
+    "extract-text": ("extract_text", "caption features (clip, bow, w2v) and vocabularies"),
+    "train": ("train", "fit a fusion head (LAFF, LAFF-ml, DLLFA, baselines)"),
+    "finetune-clip": ("finetune_clip", "fine-tune CLIP end to end (clip-ft)"),
+    "index": ("index", "fused video embeddings -> FAISS index"),
+    "benchmark": ("benchmark", "retrieval metrics, both directions"),
+    "search": ("search", "query an index with text"),
+    "demo": ("demo", "the whole chain on a synthetic dataset"),
+}
+
+
+def _available_commands() -> dict[str, tuple[str, str]]:
+    """Commands whose module exists in this install."""
+    return {
+        name: entry
+        for name, entry in COMMANDS.items()
+        if importlib.util.find_spec(f"vidfuse.commands.{entry[0]}") is not None
+    }
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidfuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vidfuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = _available_commands()
+    # Import only the module of the command being run; list the others by name.
+    wanted = next((a for a in argv if a in commands), None)
+    for name, (module, help_text) in commands.items():
+        if name == wanted:
+            importlib.import_module(f"vidfuse.commands.{module}").register(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VidfuseError as exc:
+        print(f"vidfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vidfuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
