@@ -1,0 +1,274 @@
+"""Launching the extraction job: resume state, manifests, progress, dead letters, summary.
+
+The Beam graph itself lives in :mod:`pipeline.transforms`; this module prepares what the
+graph needs (which videos each extractor still lacks, the manifest hash its shards carry)
+and, once the job has run, records the shard list and merges the dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.config import ExtractConfig
+from pipeline.job_lock import exclusive_folder
+from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures
+from pipeline.video_files import list_videos, video_id_for
+from vidfuse.config import config_hash, config_to_dict
+from vidfuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ERRORS_FILE = "errors.jsonl"
+KNOWN_FORMATS = ("parquet", "hdf5")
+
+
+@dataclass
+class ExtractSummary:
+    """What one run did; ``failed`` counts videos this run could not decode or embed."""
+
+    total: int
+    done: int
+    skipped: int
+    failed: int
+    rows_added: dict[str, int] = field(default_factory=dict)
+    errors_path: str = ""
+
+    def line(self) -> str:
+        text = f"{self.total} videos: {self.done} done, {self.skipped} skipped (already extracted), {self.failed} failed"
+        if self.failed:
+            text += f" (see {self.errors_path})"
+        return text
+
+
+def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the user's flags; DirectRunner, one process per core, by default.
+
+    The runner is always named: left alone, recent Beam may pick the Prism runner, which
+    downloads a binary at start-up.
+    """
+    args = list(beam_args)
+    given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in args)  # noqa: E731
+    if not given("--runner"):
+        args.append("--runner=DirectRunner")
+    runner = PipelineOptions(args).view_as(StandardOptions).runner or ""
+    if runner.lower() in ("directrunner", "direct"):
+        if not given("--direct_running_mode"):
+            args.append("--direct_running_mode=multi_processing")
+        if not given("--direct_num_workers"):
+            args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    return PipelineOptions(args)
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    unknown = [f for f in formats if f not in KNOWN_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown shard format(s) {unknown}; choose from {list(KNOWN_FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]):
+    """Write (or check against the existing) manifest of one extractor's folder."""
+    from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
+
+    described = extractor.describe()
+    settings = config_to_dict(extractor.config)
+    manifest = Manifest(
+        name=name,
+        kind="video",
+        model=str(described["model"]),
+        weights=str(described["weights"]),
+        dim=int(described["dim"]),
+        level=str(described["level"]),
+        sampling=dict(described["sampling"]),
+        config=settings,
+        config_hash=config_hash(settings),
+        versions=library_versions(),
+        formats=list(formats),
+    )
+    existing = read_manifest(out_dir)
+    if existing is not None:
+        check_compatible(existing, manifest)
+        manifest.shards = list(existing.shards)
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _duplicate_ids(paths: Sequence[str], video_dir: str) -> dict[str, str]:
+    """Paths whose video id another file already has (``a.mp4`` and ``a.avi``): path -> reason."""
+    seen: dict[str, str] = {}
+    rejected = {}
+    for path in paths:
+        vid = video_id_for(path, video_dir)
+        if vid in seen:
+            rejected[path] = f"video id {vid!r} is already taken by {seen[vid]}"
+        else:
+            seen[vid] = path
+    return rejected
+
+
+def _merge_dead_letters(out_dir: str, prefix: str, present: dict[str, set[str]]) -> tuple[str, int]:
+    """Fold this run's dead letters into errors.jsonl; drop entries that have since succeeded."""
+    errors_path = posixpath.join(out_dir, ERRORS_FILE)
+    entries: dict[tuple[str, str], dict] = {}
+    if FileSystems.exists(errors_path):
+        with FileSystems.open(errors_path) as handle:
+            for line in handle.read().decode("utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    entries[(record["path"], record["extractor"])] = record
+    parts = [m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list]
+    new_failures = set()
+    for part in parts:
+        with FileSystems.open(part) as handle:
+            for line in handle.read().decode("utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    entries[(record["path"], record["extractor"])] = record
+                    new_failures.add(record["path"])
+    entries = {
+        key: rec for key, rec in entries.items() if rec["video_id"] not in present.get(rec["extractor"], ())
+    }
+    tmp = f"{errors_path}.tmp-{uuid.uuid4().hex[:8]}"
+    with FileSystems.create(tmp) as handle:
+        for record in sorted(entries.values(), key=lambda r: (r["path"], r["extractor"])):
+            handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    FileSystems.rename([tmp], [errors_path])
+    if parts:
+        FileSystems.delete(parts)
+    return errors_path, len(new_failures)
+
+
+class _ProgressPoller:
+    """Shows videos done / total and the rate, read from the complete shards on disk.
+
+    Reading the output (rather than worker callbacks) works the same on every runner.
+    """
+
+    def __init__(self, out_dirs: dict[str, str], before: dict[str, int], total: int, enabled: bool):
+        self.out_dirs, self.before, self.total, self.enabled = out_dirs, before, total, enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if self.enabled and self.total:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _count(self) -> int:
+        from pipeline.shards import existing_ids
+
+        added = [len(existing_ids(d)) - self.before[n] for n, d in self.out_dirs.items()]
+        return max(0, min(added))
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm(total=self.total, desc="extract", unit="video", dynamic_ncols=True) as bar:
+            while not self._stop.wait(2.0):
+                try:
+                    bar.n = self._count()
+                    bar.refresh()
+                except Exception:  # shards appearing while we read; try again next tick
+                    continue
+            bar.n = self._count()
+            bar.refresh()
+
+
+def run_extraction(
+    video_dir: str,
+    out_dir: str,
+    config: ExtractConfig,
+    extractors: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
+    beam_args: Sequence[str] = (),
+    device: str = "auto",
+    batch_videos: int = 8,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
+    from extractors.registry import build_extractor
+    from pipeline.shards import existing_ids, list_shards
+    from pipeline.manifest import write_manifest
+
+    names = list(extractors or config.extractors.keys())
+    missing = [n for n in names if n not in config.extractors]
+    if missing:
+        raise ConfigError(
+            f"extractor(s) {missing} have no settings in the config (it defines {sorted(config.extractors)})"
+        )
+    formats = _check_formats(list(formats or config.output.formats))
+    paths = list_videos(video_dir, config.decode.extensions)
+
+    with exclusive_folder(out_dir, "extract job"):
+        out_dirs = {n: posixpath.join(out_dir, n) for n in names}
+        built = {n: build_extractor(n, config.extractors[n], device="cpu") for n in names}
+        manifests = {n: _prepare_manifest(n, built[n], out_dirs[n], formats) for n in names}
+        done = {n: existing_ids(out_dirs[n]) for n in names}
+        rejected = _duplicate_ids(paths, video_dir)
+        ids = [video_id_for(p, video_dir) for p in paths if p not in rejected]
+        pending = [v for v in ids if any(v not in done[n] for n in names)]
+        log.info("%d videos found, %d already extracted, %d to do", len(paths), len(ids) - len(pending), len(pending))
+
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        dead_prefix = posixpath.join(out_dir, "_dead_letters", f"run-{run_id}")
+        pipeline = beam.Pipeline(options=beam_options(beam_args))
+        _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
+            video_dir,
+            out_dirs,
+            {n: config_to_dict(built[n].config) for n in names},
+            {n: built[n].config.sampling for n in names},
+            {n: manifests[n].hash() for n in names},
+            done,
+            rejected=rejected,
+            extensions=config.decode.extensions,
+            backend=config.decode.backend,
+            formats=formats,
+            shard_size=config.output.shard_size,
+            batch_videos=batch_videos,
+            device=device,
+            dead_letter_prefix=dead_prefix,
+        )
+        del built  # the launcher's copies were for checking weights and describing; workers load their own
+        before = {n: len(done[n]) for n in names}
+        with _ProgressPoller(out_dirs, before, len(pending), progress):
+            result = pipeline.run()
+            result.wait_until_finish()
+
+        present = {n: existing_ids(out_dirs[n]) for n in names}
+        for n in names:
+            manifests[n].shards = sorted(
+                {posixpath.basename(posixpath.splitext(p)[0]) for f in formats for p in list_shards(out_dirs[n], f)}
+            )
+            write_manifest(out_dirs[n], manifests[n])
+        errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present)
+
+    counters = Counter()
+    for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        counters[counter.key.metric.name] += counter.committed or counter.attempted or 0
+    complete = set.intersection(*(present[n] for n in names)) if names else set()
+    return ExtractSummary(
+        total=len(paths),
+        done=len(complete & set(pending)),
+        skipped=len(ids) - len(pending),
+        failed=failed,
+        rows_added={n: len(present[n]) - before[n] for n in names},
+        errors_path=errors_path,
+    )

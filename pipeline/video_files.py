@@ -1,0 +1,82 @@
+"""Finding the videos of a folder and naming them, on any filesystem Beam knows.
+
+The video id is the path relative to the video folder, without extension (DESIGN §4), so
+two ``clip.mp4`` in different sub-folders stay distinct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import Iterator, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+
+from vidfuse.errors import VidfuseError
+
+
+class NoVideosError(VidfuseError):
+    """The input folder holds no file with a video extension."""
+
+
+def is_local(path: str) -> bool:
+    """True for paths on this machine's filesystem (no ``scheme://``)."""
+    return "://" not in path
+
+
+def normalise_dir(video_dir: str) -> str:
+    """Absolute (when local) folder path with one trailing separator, for prefix matching."""
+    if is_local(video_dir):
+        video_dir = os.path.abspath(video_dir)
+    return video_dir.rstrip("/") + "/"
+
+
+def video_glob(video_dir: str) -> str:
+    """Recursive glob pattern understood by ``FileSystems.match`` and ``fileio.MatchFiles``."""
+    return normalise_dir(video_dir) + "**"
+
+
+def has_video_extension(path: str, extensions: Sequence[str]) -> bool:
+    wanted = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    return posixpath.splitext(path)[1].lower() in wanted
+
+
+def video_id_for(path: str, video_dir: str) -> str:
+    """``<video_dir>/a/b/clip.mp4`` -> ``a/b/clip``."""
+    root = normalise_dir(video_dir)
+    rel = path[len(root):] if path.startswith(root) else posixpath.basename(path)
+    return posixpath.splitext(rel.replace(os.sep, "/"))[0]
+
+
+def list_videos(video_dir: str, extensions: Sequence[str]) -> list[str]:
+    """Every video path under ``video_dir`` (recursive), sorted; a clear error when none."""
+    if is_local(video_dir) and not os.path.isdir(video_dir):
+        raise NoVideosError(f"video folder not found: {video_dir}")
+    matches = FileSystems.match([video_glob(video_dir)])[0].metadata_list
+    paths = sorted(m.path for m in matches if has_video_extension(m.path, extensions))
+    if not paths:
+        raise NoVideosError(
+            f"no videos found under {video_dir} (looked recursively for {', '.join(extensions)})"
+        )
+    return paths
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local path for ``path``: itself when local, else a temporary download via FileSystems.
+
+    Decoders need seekable local files; remote workers (Dataflow, Flink, Spark) read inputs
+    through Beam's FileSystems and never assume a shared disk.
+    """
+    if is_local(path):
+        yield path
+        return
+    suffix = posixpath.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        with FileSystems.open(path) as src:
+            shutil.copyfileobj(src, tmp, length=8 << 20)
+        tmp.flush()
+        yield tmp.name
