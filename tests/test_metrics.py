@@ -1,0 +1,208 @@
+"""Retrieval metrics against a naive per-query reference, ties included, chunked and full."""
+
+import math
+
+import numpy as np
+import pytest
+
+from index.metrics import (
+    inner_product_rows,
+    ranks_from_scores,
+    retrieval_metrics,
+    scores_in_chunks,
+    t2v_v2t_metrics,
+)
+
+
+# ---------------------------------------------------------------- naive reference (loops)
+def _ordering_positions(row, relevant, relevant_first):
+    """1-based positions of the relevant items after sorting candidates by score, ties broken
+    for (relevant_first) or against the relevant items, by explicit python sorting."""
+    rel = set(int(r) for r in relevant)
+    cands = list(range(len(row)))
+    key = lambda c: (-float(row[c]), 0 if (c in rel) == relevant_first else 1)  # noqa: E731
+    ordered = sorted(cands, key=key)
+    return [p + 1 for p, c in enumerate(ordered) if c in rel]
+
+
+def naive_metrics(scores, targets, ks=(1, 5, 10), ties="optimistic"):
+    best, aps = [], []
+    for q, row in enumerate(scores):
+        rel = targets[q]
+        opt = _ordering_positions(row, rel, True)
+        pes = _ordering_positions(row, rel, False)
+        pos = {"optimistic": opt, "pessimistic": pes,
+               "average": [(a + b) / 2 for a, b in zip(opt, pes)]}[ties]
+        best.append(pos[0])
+        aps.append(sum((i + 1) / p for i, p in enumerate(pos)) / len(pos))
+    best = np.array(best, float)
+    out = {f"R@{k}": 100 * float(np.mean(best <= k)) for k in ks}
+    out.update(MedR=float(np.median(best)), MeanR=float(best.mean()),
+               mIR=float(np.mean(1 / best)), mAP=100 * float(np.mean(aps)))
+    out["rsum"] = sum(out[f"R@{k}"] for k in ks)
+    return out, best
+
+
+def naive_item_ranks(row, relevant, ties):
+    rel = set(int(r) for r in relevant)
+    out = []
+    for j in relevant:
+        s = row[j]
+        higher = sum(1 for c in range(len(row)) if row[c] > s)
+        tied_irr = sum(1 for c in range(len(row)) if row[c] == s and c not in rel)
+        opt, pes = 1 + higher, 1 + higher + tied_irr
+        out.append({"optimistic": opt, "pessimistic": pes, "average": (opt + pes) / 2}[ties])
+    return out
+
+
+def assert_same(got, ref):
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, rel=1e-9, abs=1e-9), key
+
+
+# ---------------------------------------------------------------- hand-computed cases
+def test_hand_computed_3x3():
+    sim = np.array([[0.9, 0.1, 0.5],   # target 0 -> rank 1
+                    [0.8, 0.3, 0.7],   # target 1 -> 0.8, 0.7 above -> rank 3
+                    [0.2, 0.6, 0.4]])  # target 2 -> 0.6 above -> rank 2
+    m = retrieval_metrics(sim, np.array([0, 1, 2]))
+    assert m["R@1"] == pytest.approx(100 / 3)
+    assert m["R@5"] == 100.0 and m["R@10"] == 100.0
+    assert m["MedR"] == 2.0 and m["MeanR"] == 2.0
+    assert m["mIR"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
+    assert m["mAP"] == pytest.approx(100 * (1 + 1 / 3 + 1 / 2) / 3)
+    assert m["rsum"] == pytest.approx(100 / 3 + 200)
+    assert m["num_queries"] == 3 and m["ties"] == "optimistic"
+    assert ranks_from_scores(sim, np.array([0, 1, 2])).tolist() == [1, 3, 2]
+
+
+def test_hand_computed_ties_and_multi_relevant_ap():
+    # all equal: optimistic rank 1, pessimistic 3 (two irrelevant tied above), average 2
+    sim = np.array([[1.0, 1.0, 1.0]])
+    assert ranks_from_scores(sim, np.array([1]), "optimistic").tolist() == [1]
+    assert ranks_from_scores(sim, np.array([1]), "pessimistic").tolist() == [3]
+    assert ranks_from_scores(sim, np.array([1]), "average").tolist() == [2.0]
+    # relevant {0, 3}; scores: 3 is best, 0 is third -> positions 1 and 3 -> AP = (1/1 + 2/3)/2
+    sim = np.array([[0.5, 0.7, 0.1, 0.9]])
+    m = retrieval_metrics(sim, [[0, 3]], ks=(1,))
+    assert m["R@1"] == 100.0 and m["MedR"] == 1.0
+    assert m["mAP"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    # two relevant items tied with each other at the top never push each other down
+    sim = np.array([[0.9, 0.9, 0.1]])
+    m = retrieval_metrics(sim, [[0, 1]], ks=(1,), ties="pessimistic")
+    assert m["MedR"] == 1.0 and m["mAP"] == pytest.approx(100.0)
+    assert ranks_from_scores(sim, [[0, 1]], "pessimistic")[0].tolist() == [1, 1]
+
+
+def test_sort_order_luck_is_not_used():
+    """The target is tied with every candidate: an argsort-based rank would say 1 or 1000."""
+    sim = np.zeros((4, 1000), np.float32)
+    t = np.array([0, 999, 500, 3])
+    assert (ranks_from_scores(sim, t, "optimistic") == 1).all()
+    assert (ranks_from_scores(sim, t, "pessimistic") == 1000).all()
+    m = retrieval_metrics(sim, t, ties="average")
+    assert m["MedR"] == 500.5 and m["R@10"] == 0.0
+
+
+# ---------------------------------------------------------------- random vs reference
+@pytest.mark.parametrize("ties", ["optimistic", "average", "pessimistic"])
+@pytest.mark.parametrize("integer_scores", [True, False])
+def test_single_target_matches_naive(ties, integer_scores):
+    rng = np.random.default_rng(1)
+    n, m = 60, 40
+    sim = rng.integers(0, 6, (n, m)).astype(np.float32) if integer_scores \
+        else rng.standard_normal((n, m)).astype(np.float32)
+    targets = rng.integers(0, m, n)
+    ref, ref_best = naive_metrics(sim, [[t] for t in targets], ks=(1, 5, 10), ties=ties)
+    got, best = retrieval_metrics(sim, targets, ties=ties, return_ranks=True)
+    assert_same(got, ref)
+    np.testing.assert_allclose(best, ref_best)
+    ranks = ranks_from_scores(sim, targets, ties)
+    np.testing.assert_allclose(ranks, [naive_item_ranks(sim[q], [targets[q]], ties)[0] for q in range(n)])
+    # chunked (odd chunk sizes, out-of-order chunks) equals full
+    pieces = [(s, sim[s:s + 7]) for s in range(0, n, 7)][::-1]
+    assert retrieval_metrics(iter(pieces), targets, ties=ties) == got
+    assert retrieval_metrics(sim, targets, ties=ties, chunk_size=5) == got
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "average", "pessimistic"])
+def test_multi_relevant_matches_naive(ties):
+    rng = np.random.default_rng(2)
+    n, m = 40, 30
+    sim = rng.integers(0, 4, (n, m)).astype(np.float64)  # heavy ties
+    targets = [rng.choice(m, size=rng.integers(1, 6), replace=False) for _ in range(n)]
+    ref, _ = naive_metrics(sim, targets, ties=ties)
+    got = retrieval_metrics(sim, targets, ties=ties, chunk_size=9)
+    assert_same(got, ref)
+    ranks = ranks_from_scores(sim, targets, ties)
+    for q in range(n):
+        np.testing.assert_allclose(ranks[q], naive_item_ranks(sim[q], targets[q], ties))
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "average"])
+@pytest.mark.parametrize("integer_scores", [True, False])
+def test_t2v_v2t_matches_naive(ties, integer_scores):
+    rng = np.random.default_rng(3)
+    n_vid = 25
+    cap_vid = np.concatenate([np.repeat(np.arange(n_vid), rng.integers(1, 5, n_vid))])
+    rng.shuffle(cap_vid)
+    n_cap = cap_vid.size
+    sim = rng.integers(0, 5, (n_cap, n_vid)).astype(np.float32) if integer_scores \
+        else rng.standard_normal((n_cap, n_vid)).astype(np.float32)
+    got = t2v_v2t_metrics(sim, cap_vid, ties=ties, chunk_size=8)
+    ref_t2v, _ = naive_metrics(sim, [[v] for v in cap_vid], ties=ties)
+    v_targets = [np.nonzero(cap_vid == v)[0] for v in range(n_vid)]
+    ref_v2t, _ = naive_metrics(sim.T, v_targets, ties=ties)
+    assert_same(got["t2v"], ref_t2v)
+    assert_same(got["v2t"], ref_v2t)
+    assert got["v2t"]["num_queries"] == n_vid and got["t2v"]["num_queries"] == n_cap
+    # the same through the generic function on the transposed matrix
+    assert_same(retrieval_metrics(np.ascontiguousarray(sim.T), v_targets, ties=ties), ref_v2t)
+
+
+def test_t2v_v2t_row_provider_equals_full_matrix():
+    rng = np.random.default_rng(4)
+    n_vid, d = 50, 16
+    video = rng.standard_normal((n_vid, d)).astype(np.float32)
+    cap_vid = np.repeat(np.arange(n_vid), 3)
+    text = (video[cap_vid] + rng.standard_normal((cap_vid.size, d)).astype(np.float32))
+    rows = inner_product_rows(text, video)
+    full = text @ video.T
+    for ties in ("optimistic", "average"):
+        a = t2v_v2t_metrics(rows, cap_vid, ties=ties, chunk_size=13)
+        b = t2v_v2t_metrics(full, cap_vid, ties=ties, chunk_size=1000)
+        assert a == b
+    chunks = list(scores_in_chunks(text, video, chunk_size=20))
+    assert [o for o, _ in chunks] == list(range(0, 150, 20))
+    np.testing.assert_array_equal(np.concatenate([c for _, c in chunks]), rows(0, 150))
+    assert retrieval_metrics(iter(chunks), cap_vid) == retrieval_metrics(rows(0, 150), cap_vid)
+
+
+def test_v2t_skips_videos_without_captions():
+    sim = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]], np.float32)
+    out = t2v_v2t_metrics(sim, np.array([0, 1]))
+    assert out["v2t"]["num_queries"] == 2 and out["v2t"]["R@1"] == 100.0
+    assert out["t2v"]["R@1"] == 100.0
+
+
+def test_bad_inputs_are_refused():
+    sim = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="ties"):
+        retrieval_metrics(sim, np.array([0, 1]), ties="random")
+    with pytest.raises(ValueError, match="out of range"):
+        retrieval_metrics(sim, np.array([0, 3]))
+    with pytest.raises(ValueError, match="twice"):
+        retrieval_metrics(sim, [[0, 0], [1]])
+    with pytest.raises(ValueError, match="no relevant"):
+        retrieval_metrics(sim, [[0], []])
+    with pytest.raises(ValueError, match="no scores for query 1"):
+        retrieval_metrics(iter([(0, sim[:1])]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="given twice"):
+        retrieval_metrics(iter([(0, sim), (1, sim[1:])]), np.array([0, 1]))
+    bad = sim.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        retrieval_metrics(bad, np.array([0, 1]))
+    # a NaN candidate is never "higher"
+    assert ranks_from_scores(np.array([[np.nan, 0.0]]), np.array([1])).tolist() == [1]
+    assert math.isnan(retrieval_metrics(np.zeros((0, 3)), np.zeros(0, int))["MedR"])
