@@ -1,0 +1,319 @@
+"""Caption files in the formats text-to-video datasets ship: LAFF/W2VV text, MSR-VTT JSON, CSV, JSONL.
+
+Every reader returns the same :class:`Caption` rows, so the rest of the pipeline never
+cares where captions came from. Caption ids follow LAFF: ``<video_id>#<k>``; the video id
+is everything before the first ``#`` (LAFF's ``video0#enc#0`` variant reads as ``video0``).
+Formats without caption ids get ``<video_id>#<k>`` with ``k`` counting that video's
+captions in file order.
+
+Bad input is a :class:`CaptionFormatError` naming the file, the line (or JSON path) and
+what was expected, never a bare ``UnicodeDecodeError``/``KeyError`` from deep inside.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vidfuse.errors import VidfuseError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("laff", "msrvtt", "csv", "jsonl")
+_EXTENSIONS = {".txt": "laff", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "msrvtt"}
+# LAFF strips these from caption ids whose video part is a file name (``video7.mp4#0``).
+_ID_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".gif", ".jpg")
+_TEXT_COLUMNS = ("caption", "sentence")  # CSV/JSONL text column; "sentence" as in CLIP4Clip's csvs
+
+
+@dataclass(frozen=True)
+class Caption:
+    caption_id: str
+    video_id: str
+    text: str
+
+
+class CaptionFormatError(VidfuseError):
+    """A caption (or annotation) file is unreadable or not in the expected format."""
+
+
+def video_id_of(caption_id: str) -> str:
+    """The video a LAFF caption id belongs to: ``video7#3`` and ``video7#enc#3`` -> ``video7``."""
+    vid = caption_id.split("#", 1)[0]
+    for suffix in _ID_SUFFIXES:
+        if vid.endswith(suffix):
+            return vid[: -len(suffix)]
+    return vid
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Whole file as text (UTF-8, BOM tolerated); bad bytes are an error naming file and line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CaptionFormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CaptionFormatError(f"{path}: is a directory, expected a file") from None
+    except OSError as exc:
+        raise CaptionFormatError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CaptionFormatError(
+            f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _clean(text: str) -> str:
+    """One line of text: internal newlines/tabs/repeated spaces collapsed (LAFF files are line based)."""
+    return " ".join(text.split())
+
+
+class CaptionCollector:
+    """Accumulates captions (from one or several files), assigning ``<vid>#<k>`` ids, refusing duplicates.
+
+    ``where`` (e.g. ``"line 12"``, ``"sentences[3]"``) and the file go into every error message.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
+        self.captions: list[Caption] = []
+        self._first: dict[str, str] = {}
+        self._per_video: dict[str, int] = defaultdict(int)
+
+    def add(self, video_id: str, text: str, where: str, caption_id: str | None = None,
+            path: str | os.PathLike | None = None) -> None:
+        if path is not None:
+            self.path = Path(path)
+        at = f"{self.path} {where}"
+        if not video_id:
+            raise CaptionFormatError(f"{at}: empty video id")
+        if "#" in video_id or any(ch.isspace() for ch in video_id):
+            raise CaptionFormatError(
+                f"{at}: video id {video_id!r} contains '#' or whitespace, which separate "
+                "video id, caption number and text in LAFF caption lines"
+            )
+        text = _clean(text)
+        if not text:
+            raise CaptionFormatError(f"{at}: empty caption text for video {video_id!r}")
+        if caption_id is None:
+            caption_id = f"{video_id}#{self._per_video[video_id]}"
+        elif video_id_of(caption_id) != video_id or any(ch.isspace() for ch in caption_id):
+            raise CaptionFormatError(f"{at}: caption id {caption_id!r} is not of the form '{video_id}#<k>'")
+        self._per_video[video_id] += 1
+        if caption_id in self._first:
+            raise CaptionFormatError(f"{at}: duplicate caption id {caption_id!r} (first at {self._first[caption_id]})")
+        self._first[caption_id] = at
+        self.captions.append(Caption(caption_id, video_id, text))
+
+    def result(self, expected: str) -> list[Caption]:
+        if not self.captions:
+            raise CaptionFormatError(f"{self.path}: no captions found (empty file?); expected {expected}")
+        return self.captions
+
+
+def _read_laff(path: Path, text: str) -> list[Caption]:
+    out = CaptionCollector(path)
+    expected = "'<video_id>#<k> <caption text>' per line, e.g. 'video7768#14 a man is singing'"
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(None, 1)
+        cap_id = parts[0]
+        if "#" not in cap_id or cap_id.startswith("#"):
+            raise CaptionFormatError(f"{path} line {lineno}: caption id {cap_id!r} is not '<video_id>#<k>'; expected {expected}")
+        if len(parts) < 2:
+            raise CaptionFormatError(f"{path} line {lineno}: caption {cap_id!r} has no text; expected {expected}")
+        out.add(video_id_of(cap_id), parts[1], f"line {lineno}", caption_id=cap_id)
+    return out.result(expected)
+
+
+def _json_error(path: Path, exc: json.JSONDecodeError, lineno: int | None = None) -> CaptionFormatError:
+    line = lineno if lineno is not None else exc.lineno
+    return CaptionFormatError(f"{path} line {line}: invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def load_json(path: str | os.PathLike, expected: str = "JSON"):
+    """Parsed JSON file; bad UTF-8, an empty file or a syntax error name the file and line."""
+    path = Path(path)
+    text = read_text_file(path)
+    if not text.strip():
+        raise CaptionFormatError(f"{path}: empty file; expected {expected}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _json_error(path, exc) from None
+
+
+def _read_msrvtt(path: Path, text: str) -> list[Caption]:
+    expected = 'a JSON object {"sentences": [{"video_id": ..., "caption": ...}, ...]} (MSRVTT_data.json)'
+    if not text.strip():
+        raise CaptionFormatError(f"{path}: empty file; expected {expected}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _json_error(path, exc) from None
+    return msrvtt_captions(path, data, expected)
+
+
+def msrvtt_captions(path: Path, data, expected: str = "MSRVTT_data.json") -> list[Caption]:
+    """Captions of an already parsed MSR-VTT annotation object (``sentences[].video_id/caption``)."""
+    if not isinstance(data, dict) or "sentences" not in data:
+        raise CaptionFormatError(f"{path}: top level has no 'sentences' key; expected {expected}")
+    sentences = data["sentences"]
+    if not isinstance(sentences, list):
+        raise CaptionFormatError(f"{path}: 'sentences' is {type(sentences).__name__}, expected a list")
+    out = CaptionCollector(path)
+    for i, item in enumerate(sentences):
+        where = f"sentences[{i}]"
+        if not isinstance(item, dict):
+            raise CaptionFormatError(f"{path} {where}: expected an object with 'video_id' and 'caption'")
+        for key in ("video_id", "caption"):
+            if key not in item:
+                raise CaptionFormatError(f"{path} {where}: missing key {key!r} (expected 'video_id' and 'caption')")
+            if not isinstance(item[key], str):
+                raise CaptionFormatError(f"{path} {where}.{key}: expected a string, got {type(item[key]).__name__}")
+        out.add(item["video_id"].strip(), item["caption"], where)
+    return out.result(expected)
+
+
+def _read_csv(path: Path, text: str) -> list[Caption]:
+    expected = "a header row with columns 'video_id' and 'caption' (optionally 'caption_id')"
+    if not text.strip():
+        raise CaptionFormatError(f"{path}: empty file; expected {expected}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    fields = [h.strip() for h in header]
+    reader.fieldnames = fields
+    text_col = next((c for c in _TEXT_COLUMNS if c in fields), None)
+    missing = [c for c in ("video_id",) if c not in fields] + ([] if text_col else ["caption"])
+    if missing:
+        raise CaptionFormatError(f"{path} line 1: missing column(s) {missing} in header {fields}; expected {expected}")
+    id_col = "caption_id" if "caption_id" in fields else None
+    out = CaptionCollector(path)
+    try:
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row:  # more fields than the header names
+                raise CaptionFormatError(f"{path} {where}: {len(fields) + len(row[None])} fields, header has {len(fields)}")
+            if row[text_col] is None:
+                raise CaptionFormatError(f"{path} {where}: fewer fields than the header {fields}")
+            cap_id = None
+            if id_col:
+                cap_id = (row[id_col] or "").strip() or None
+            out.add((row["video_id"] or "").strip(), row[text_col], where, caption_id=cap_id)
+    except csv.Error as exc:
+        raise CaptionFormatError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
+    return out.result(expected)
+
+
+def _read_jsonl(path: Path, text: str) -> list[Caption]:
+    expected = 'one JSON object per line: {"video_id": ..., "caption": ...} (optionally "caption_id")'
+    out = CaptionCollector(path)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _json_error(path, exc, lineno) from None
+        where = f"line {lineno}"
+        if not isinstance(item, dict):
+            raise CaptionFormatError(f"{path} {where}: expected a JSON object; {expected}")
+        text_key = next((k for k in _TEXT_COLUMNS if k in item), None)
+        for key in ("video_id", text_key or "caption"):
+            if key not in item:
+                raise CaptionFormatError(f"{path} {where}: missing key {key!r}; expected {expected}")
+            if not isinstance(item[key], str):
+                raise CaptionFormatError(f"{path} {where}: {key!r} must be a string, got {type(item[key]).__name__}")
+        cap_id = item.get("caption_id")
+        if cap_id is not None and not isinstance(cap_id, str):
+            raise CaptionFormatError(f"{path} {where}: 'caption_id' must be a string")
+        out.add(item["video_id"].strip(), item[text_key], where, caption_id=cap_id)
+    return out.result(expected)
+
+
+_READERS = {"laff": _read_laff, "msrvtt": _read_msrvtt, "csv": _read_csv, "jsonl": _read_jsonl}
+
+
+def detect_format(path: str | os.PathLike, text: str | None = None) -> str:
+    """Format of a caption file: from its extension, checked against (or else guessed from) its content."""
+    path = Path(path)
+    if text is None:
+        text = read_text_file(path)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    by_ext = _EXTENSIONS.get(path.suffix.lower())
+    if first.startswith("{") or first.startswith("["):
+        # one complete object on the first line and more lines after it -> JSON lines
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if len(lines) > 1:
+            try:
+                if isinstance(json.loads(first), dict):
+                    return "jsonl"
+            except json.JSONDecodeError:
+                pass
+        return "jsonl" if by_ext == "jsonl" else "msrvtt"
+    if by_ext in ("laff", "csv"):
+        return by_ext
+    if by_ext in ("msrvtt", "jsonl"):
+        return by_ext  # content is not JSON: the reader reports where
+    header = next(csv.reader([first]), [])
+    if "video_id" in [h.strip() for h in header]:
+        return "csv"
+    return "laff"
+
+
+def read_captions(path: str | os.PathLike, fmt: str | None = None) -> list[Caption]:
+    """All captions of a file, in file order. ``fmt``: one of :data:`FORMATS`, or None to detect."""
+    path = Path(path)
+    if fmt is not None and fmt not in _READERS:
+        raise CaptionFormatError(f"unknown caption format {fmt!r}; known: {list(FORMATS)}")
+    text = read_text_file(path)
+    fmt = fmt or detect_format(path, text)
+    captions = _READERS[fmt](path, text)
+    logger.debug("read %d captions (%s) from %s", len(captions), fmt, path)
+    return captions
+
+
+def captions_by_video(captions: Iterable[Caption]) -> dict[str, list[Caption]]:
+    """Captions grouped by video id; videos in order of first appearance, captions in input order."""
+    grouped: dict[str, list[Caption]] = {}
+    for cap in captions:
+        grouped.setdefault(cap.video_id, []).append(cap)
+    return grouped
+
+
+def write_captions(captions: Sequence[Caption], path: str | os.PathLike) -> None:
+    """Write captions in LAFF text format (``<caption_id> <text>`` per line), readable by :func:`read_captions`."""
+    path = Path(path)
+    seen: set[str] = set()
+    lines = []
+    for cap in captions:
+        if not cap.caption_id or any(ch.isspace() for ch in cap.caption_id) or "#" not in cap.caption_id:
+            raise CaptionFormatError(f"{path}: caption id {cap.caption_id!r} cannot be written as a LAFF id '<video_id>#<k>'")
+        if video_id_of(cap.caption_id) != cap.video_id:
+            raise CaptionFormatError(
+                f"{path}: caption id {cap.caption_id!r} does not start with its video id {cap.video_id!r}#"
+            )
+        if cap.caption_id in seen:
+            raise CaptionFormatError(f"{path}: duplicate caption id {cap.caption_id!r}")
+        seen.add(cap.caption_id)
+        text = _clean(cap.text)
+        if not text:
+            raise CaptionFormatError(f"{path}: caption {cap.caption_id!r} has empty text")
+        lines.append(f"{cap.caption_id} {text}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
