@@ -1,0 +1,357 @@
+"""Read a feature folder (Parquet or HDF5 shards + manifest.json) as one checked, read-only set.
+
+Loading validates everything a trainer would otherwise trip over much later: the manifest
+exists, every shard carries that manifest's hash, vectors have the manifest's dimension, ids are
+unique across shards, and no row holds NaN/inf. Video-level vectors are read eagerly into one
+preallocated [N, D] array (no second copy); frame matrices, which are T times larger, are read
+on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.manifest import Manifest, read_manifest
+from pipeline.shards import (
+    FORMAT_EXTENSIONS,
+    FeatureSetError,
+    ShardError,
+    ShardReader,
+    list_shards,
+    normalize_format,
+    open_shard,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set"]
+
+_SHOW = 5
+
+
+class MissingIdError(FeatureSetError, KeyError):
+    """An id was asked of a feature set that does not hold it (a KeyError, and a VidfuseError)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def _examples(items: Sequence[str], total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = ", ".join(repr(i) for i in list(items)[:_SHOW])
+    return f"{shown}{', ...' if total > _SHOW else ''} ({total} in all)"
+
+
+def _nonfinite_rows(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Row numbers holding NaN/inf, checked in chunks so no [N, D] boolean temp is made."""
+    bad = [np.flatnonzero(~np.isfinite(matrix[i : i + chunk]).all(axis=1)) + i for i in range(0, len(matrix), chunk)]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
+class FeatureSet:
+    """Read-only view of one feature folder: ids in shard order, vectors, and (lazily) frames."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        fmt: str,
+        manifest: Manifest,
+        ids: list[str],
+        features: np.ndarray,
+        num_frames: np.ndarray,
+        frame_index_values: np.ndarray,
+        frame_index_offsets: np.ndarray,
+        has_frames: bool,
+        frames_loader: Callable[[], tuple[np.ndarray, np.ndarray]] | None,
+        shards: Sequence[str] = (),
+    ):
+        self.path = path
+        self.fmt = fmt
+        self.manifest = manifest
+        self.ids = ids
+        self.dim = int(manifest.dim)
+        self.features = features
+        self.num_frames = num_frames
+        self._index_values = frame_index_values
+        self._index_offsets = frame_index_offsets
+        self.has_frames = has_frames
+        self._frames_loader = frames_loader
+        self._frames: tuple[np.ndarray, np.ndarray] | None = None
+        self.shards = list(shards)
+        self._position = {video_id: i for i, video_id in enumerate(ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._position
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureSet({self.manifest.name!r}, {len(self)} x {self.dim}, level={self.manifest.level}, "
+            f"frames={self.has_frames}, {self.fmt}, {self.path})"
+        )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def index_of(self, video_id: str) -> int:
+        try:
+            return self._position[video_id]
+        except KeyError:
+            raise MissingIdError(
+                f"id {video_id!r} is not in feature set {self.manifest.name!r} at {self.path} ({len(self)} ids)"
+            ) from None
+
+    def get(self, video_id: str) -> np.ndarray:
+        """[D] video-level vector."""
+        return self.features[self.index_of(video_id)]
+
+    def _require_frames(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.has_frames:
+            raise FeatureSetError(
+                f"feature set {self.manifest.name!r} at {self.path} has no frame-level features "
+                f"(level {self.manifest.level!r}; its extractor kept only video-level vectors)"
+            )
+        if self._frames is None:
+            self._frames = self._frames_loader()
+        return self._frames
+
+    @property
+    def frames_matrix(self) -> np.ndarray:
+        """[sum T, D] frame/clip vectors of all videos, in ``ids`` order."""
+        return self._require_frames()[0]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """[N+1] int64: video i's frames are ``frames_matrix[offsets[i]:offsets[i+1]]``."""
+        return self._require_frames()[1]
+
+    def frames(self, video_id: str) -> np.ndarray:
+        """[T, D] frame/clip vectors of one video."""
+        i = self.index_of(video_id)
+        matrix, offsets = self._require_frames()
+        return matrix[offsets[i] : offsets[i + 1]]
+
+    def frame_indices(self, video_id: str) -> np.ndarray:
+        """Sampled source-frame indices of one video (flattened for clip windows; empty if unknown)."""
+        i = self.index_of(video_id)
+        return self._index_values[self._index_offsets[i] : self._index_offsets[i + 1]]
+
+    def subset(self, ids: Sequence[str]) -> "FeatureSet":
+        """A FeatureSet of ``ids`` in that order; ids it lacks are one error naming a few of them."""
+        ids = list(ids)
+        missing = [i for i in ids if i not in self._position]
+        if missing:
+            raise MissingIdError(
+                f"{len(missing)} of {len(ids)} requested id(s) are not in feature set "
+                f"{self.manifest.name!r} at {self.path}: {_examples(missing)}"
+            )
+        rows = np.fromiter((self._position[i] for i in ids), dtype=np.int64, count=len(ids))
+        values, offsets = _gather(self._index_values, self._index_offsets, rows)
+
+        def frames_loader() -> tuple[np.ndarray, np.ndarray]:
+            return _gather(*self._require_frames(), rows)
+
+        return FeatureSet(
+            path=self.path,
+            fmt=self.fmt,
+            manifest=self.manifest,
+            ids=ids,
+            features=self.features[rows],
+            num_frames=self.num_frames[rows],
+            frame_index_values=values,
+            frame_index_offsets=offsets,
+            has_frames=self.has_frames,
+            frames_loader=frames_loader if self.has_frames else None,
+            shards=self.shards,
+        )
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged rows ``rows`` of (values, offsets), as a new (values, offsets)."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    new_offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    if len(rows) == 0:
+        return values[:0], new_offsets
+    take = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
+    return values[take], new_offsets
+
+
+def _open_checked(path: str, manifest: Manifest, expected_hash: str, folder: str) -> ShardReader:
+    shard = open_shard(path)
+    try:
+        if shard.manifest_hash is None:
+            raise ShardError(
+                f"{folder}: shard {path} carries no manifest_hash (not written by vidfuse?); refusing to mix it in"
+            )
+        if shard.manifest_hash != expected_hash:
+            raise ShardError(
+                f"{folder}: shard {path} was written under manifest {shard.manifest_hash}, but manifest.json "
+                f"has {expected_hash} (extracted with another config); move it out or re-extract"
+            )
+        if shard.dim is not None and shard.dim != manifest.dim:
+            raise ShardError(f"{folder}: shard {path} has vectors of length {shard.dim}, manifest dim is {manifest.dim}")
+    except BaseException:
+        shard.close()
+        raise
+    return shard
+
+
+def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
+    if fmt is not None:
+        fmt = normalize_format(fmt)
+        shards = list_shards(path, fmt)
+        if not shards:
+            others = [f for f in FORMAT_EXTENSIONS if f != fmt and list_shards(path, f)]
+            hint = f"; it has {others[0]} shards (pass that format)" if others else ""
+            raise FeatureSetError(f"{path}: no complete {fmt} shards (*{FORMAT_EXTENSIONS[fmt]}){hint}")
+        return fmt, shards
+    for candidate in ("parquet", "hdf5"):
+        shards = list_shards(path, candidate)
+        if shards:
+            return candidate, shards
+    raise FeatureSetError(
+        f"{path}: no complete shards (*.parquet or *.h5): the extraction wrote none yet, or was killed before any finished"
+    )
+
+
+def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
+    """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5."""
+    path = path.rstrip("/") if len(path) > 1 else path
+    manifest = read_manifest(path)
+    if manifest is None:
+        if not FileSystems.exists(path):
+            raise FeatureSetError(f"feature folder {path} does not exist")
+        raise FeatureSetError(
+            f"{path}: no manifest.json; not a vidfuse feature folder, or its extraction never finished"
+        )
+    fmt, paths = _pick_format(path, fmt)
+    ext = FORMAT_EXTENSIONS[fmt]
+    present = {FileSystems.split(p)[1] for p in paths}
+    listed_missing = [s for s in manifest.shards if s.endswith(ext) and s not in present]
+    if listed_missing:
+        raise FeatureSetError(f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}")
+    expected = manifest.hash()
+    dim = manifest.dim
+
+    # Pass 1: headers (hash, dims, row counts) before any large read.
+    readers = []
+    try:
+        for p in paths:
+            readers.append(_open_checked(p, manifest, expected, path))
+        with_frames = [r.has_frames for r in readers]
+        if any(with_frames) and not all(with_frames):
+            lacking = [r.path for r in readers if not r.has_frames]
+            raise ShardError(f"{path}: some shards have frame matrices and others do not, e.g. without: {lacking[:3]}")
+        has_frames = bool(with_frames) and all(with_frames)
+        total = sum(r.num_rows for r in readers)
+
+        # Pass 2: ids, vectors and small per-row data, straight into preallocated arrays.
+        features = np.empty((total, dim), dtype=np.float32)
+        num_frames = np.empty(total, dtype=np.int64)
+        ids: list[str] = []
+        owner: dict[str, str] = {}
+        duplicates: list[str] = []
+        index_values, index_lengths = [], []
+        start = 0
+        for reader in readers:
+            shard_ids = reader.ids()
+            for video_id in shard_ids:
+                if video_id in owner:
+                    duplicates.append(f"{video_id!r} ({FileSystems.split(owner[video_id])[1]} and "
+                                      f"{FileSystems.split(reader.path)[1]})")
+                else:
+                    owner[video_id] = reader.path
+            stop = start + reader.num_rows
+            features[start:stop] = reader.read_features(dim)
+            num_frames[start:stop] = reader.read_num_frames()
+            values, offsets = reader.read_frame_indices()
+            index_values.append(values)
+            index_lengths.append(np.diff(offsets))
+            ids.extend(shard_ids)
+            start = stop
+    finally:
+        for reader in readers:
+            reader.close()
+
+    if duplicates:
+        raise ShardError(
+            f"{path}: {len(duplicates)} id(s) appear more than once across shards: "
+            + "; ".join(duplicates[:_SHOW]) + (" ..." if len(duplicates) > _SHOW else "")
+        )
+    bad = _nonfinite_rows(features)
+    if bad.size:
+        raise ShardError(
+            f"{path}: {bad.size} row(s) hold NaN/inf values, ids {_examples([ids[i] for i in bad[:_SHOW]], bad.size)} "
+            f"(in {sorted({FileSystems.split(owner[ids[i]])[1] for i in bad[:_SHOW]})})"
+        )
+    index_offsets = np.zeros(total + 1, np.int64)
+    if total:
+        np.cumsum(np.concatenate(index_lengths), out=index_offsets[1:])
+
+    def frames_loader() -> tuple[np.ndarray, np.ndarray]:
+        return _load_frames(path, paths, manifest, expected, ids)
+
+    logger.info("loaded %s: %d x %d from %d %s shard(s)", manifest.name, total, dim, len(paths), fmt)
+    return FeatureSet(
+        path=path,
+        fmt=fmt,
+        manifest=manifest,
+        ids=ids,
+        features=features,
+        num_frames=num_frames,
+        frame_index_values=np.concatenate(index_values) if index_values else np.zeros(0, np.int64),
+        frame_index_offsets=index_offsets,
+        has_frames=has_frames,
+        frames_loader=frames_loader if has_frames else None,
+        shards=paths,
+    )
+
+
+def _load_frames(
+    folder: str, paths: Sequence[str], manifest: Manifest, expected: str, ids: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """All shards' frame matrices in ids order; preallocated when the shards record their size."""
+    readers = [_open_checked(p, manifest, expected, folder) for p in paths]
+    try:
+        if sum(r.num_rows for r in readers) != len(ids):
+            raise ShardError(f"{folder}: shards changed since the feature set was loaded; load it again")
+        known = all(r.frame_rows is not None for r in readers)
+        total_rows = sum(r.frame_rows for r in readers) if known else 0
+        matrix = np.empty((total_rows, manifest.dim), np.float32) if known else None
+        parts, lengths = [], []
+        at = 0
+        for reader in readers:
+            frames, offsets = reader.read_frames(manifest.dim)
+            if known:
+                if len(frames) != reader.frame_rows:
+                    raise ShardError(f"{reader.path}: holds {len(frames)} frame rows, its metadata says {reader.frame_rows}")
+                matrix[at : at + len(frames)] = frames
+                at += len(frames)
+            else:
+                parts.append(frames)
+            lengths.append(np.diff(offsets))
+    finally:
+        for reader in readers:
+            reader.close()
+    if matrix is None:
+        matrix = np.concatenate(parts) if parts else np.zeros((0, manifest.dim), np.float32)
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    if ids:
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+    bad_rows = _nonfinite_rows(matrix)
+    if bad_rows.size:
+        videos = np.unique(np.searchsorted(offsets, bad_rows, side="right") - 1)
+        raise ShardError(
+            f"{folder}: frame matrices of {videos.size} video(s) hold NaN/inf values, ids "
+            f"{_examples([ids[i] for i in videos[:_SHOW]], videos.size)}"
+        )
+    return matrix, offsets
