@@ -223,6 +223,24 @@ def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
     )
 
 
+def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -> list[str]:
+    """Shards the manifest names that are not complete on disk.
+
+    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every format).
+    """
+    ext = FORMAT_EXTENSIONS[fmt]
+    present = {FileSystems.split(p)[1] for p in paths}
+    stems = {name[: -len(ext)] for name in present}
+    missing = []
+    for entry in listed:
+        if entry.endswith(ext):
+            if entry not in present:
+                missing.append(entry)
+        elif not entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and entry not in stems:
+            missing.append(entry + ext)
+    return missing
+
+
 def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
     """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5."""
     path = path.rstrip("/") if len(path) > 1 else path
@@ -234,9 +252,7 @@ def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
             f"{path}: no manifest.json; not a vidfuse feature folder, or its extraction never finished"
         )
     fmt, paths = _pick_format(path, fmt)
-    ext = FORMAT_EXTENSIONS[fmt]
-    present = {FileSystems.split(p)[1] for p in paths}
-    listed_missing = [s for s in manifest.shards if s.endswith(ext) and s not in present]
+    listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
     if listed_missing:
         raise FeatureSetError(f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}")
     expected = manifest.hash()

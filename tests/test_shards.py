@@ -308,6 +308,13 @@ def test_manifest_listed_shard_missing(tmp_path):
     write_manifest(out, manifest)
     with pytest.raises(FeatureSetError, match="part-00002.parquet"):
         load_feature_set(out)
+    manifest.shards = ["part-00000", "part-00001"]  # stems (every format) are accepted too
+    write_manifest(out, manifest)
+    assert len(load_feature_set(out).ids) == 9
+    manifest.shards = ["part-00000", "part-00003"]
+    write_manifest(out, manifest)
+    with pytest.raises(FeatureSetError, match="part-00003.parquet"):
+        load_feature_set(out)
 
 
 def test_index_of_get_and_subset(tmp_path):
