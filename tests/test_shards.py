@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline import shards as shards_mod
 from pipeline.features import FeatureSet, MissingIdError, load_feature_set
@@ -22,7 +20,6 @@ from pipeline.manifest import (
     write_manifest,
 )
 from pipeline.shards import (
-    FeatureRow,
     FeatureSetError,
     ShardError,
     existing_ids,
