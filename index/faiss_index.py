@@ -1,0 +1,443 @@
+"""FAISS index of fused video embeddings, stored as one folder per index.
+
+Layout of an index folder (DESIGN §1): ``index.faiss`` (faiss.write_index of a CPU copy),
+``ids.parquet`` (column ``video_id``; row position = faiss id) and ``meta.json`` (how it was
+built). A save replaces the whole folder by a directory swap, so a killed save leaves the
+previous index or none, never a mix of old and new files.
+
+Index types come from FAISS factory strings ("Flat", "IVF4096,Flat", "HNSW32",
+"IVF1024,PQ64", ...) so anything FAISS can build is one string away.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vidfuse.errors import VidfuseError
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+META_FILE = "meta.json"
+ID_COLUMN = "video_id"
+FORMAT_VERSION = 1
+
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+DEVICES = ("auto", "cpu", "gpu")
+# k-means gets little from more than this many rows per centroid (FAISS subsamples to it anyway).
+ROWS_PER_CENTROID = 256
+# Below this many rows per centroid FAISS warns that the clustering is poor.
+MIN_GOOD_ROWS_PER_CENTROID = 39
+
+
+class IndexStoreError(VidfuseError):
+    """An index folder is missing, inconsistent or corrupt, or an index input is invalid."""
+
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _as_matrix(x: Any, dim: int | None, what: str) -> np.ndarray:
+    """float32, C-contiguous, 2-D: the only layout FAISS accepts without copying badly."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise IndexStoreError(f"{what} must be a 2-D array [n, dim], got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise IndexStoreError(f"{what} have dim {arr.shape[1]}, the index has dim {dim}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise IndexStoreError(f"{what} must be numeric, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_ids(ids: Sequence[str], n: int, what: str) -> list[str]:
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise IndexStoreError(f"{what}: {n} embeddings but {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dups = [i for i in ids if i in seen or seen.add(i)]
+        raise IndexStoreError(f"{what}: duplicate video ids {sorted(set(dups))[:5]}")
+    return ids
+
+
+def _min_train_rows(index: faiss.Index) -> int:
+    """Fewest training rows the factory's k-means stages accept (IVF nlist, PQ 2**nbits)."""
+    need = 1
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except (RuntimeError, TypeError):
+        ivf = None
+    if ivf is not None:
+        need = max(need, int(ivf.nlist))
+    stack: list[Any] = [index]
+    if ivf is not None:
+        stack.append(faiss.downcast_index(ivf))
+    if isinstance(index, faiss.IndexPreTransform):
+        stack.append(faiss.downcast_index(index.index))
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(vt, faiss.OPQMatrix):
+                need = max(need, 2 ** 8)
+    for obj in stack:
+        pq_ = getattr(obj, "pq", None)
+        if pq_ is not None and hasattr(pq_, "nbits"):
+            need = max(need, 2 ** int(pq_.nbits))
+    return need
+
+
+def _centroids(index: faiss.Index) -> int:
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except (RuntimeError, TypeError):
+        return 0
+
+
+def _to_device(cpu_index: faiss.Index, device: str, what: str) -> tuple[faiss.Index, str]:
+    """Move to all GPUs when asked (or when 'auto' finds one); returns (index, device used)."""
+    if device not in DEVICES:
+        raise IndexStoreError(f"{what}: device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu" or (device == "auto" and not gpu_available()):
+        return cpu_index, "cpu"
+    if not gpu_available():
+        raise IndexStoreError(
+            f"{what}: device 'gpu' asked but this FAISS build has no GPU support or sees no GPU "
+            f"(faiss {faiss.__version__}, get_num_gpus()={faiss.get_num_gpus()}); use --device cpu"
+        )
+    try:
+        return faiss.index_cpu_to_all_gpus(cpu_index), "gpu"
+    except RuntimeError as e:  # e.g. HNSW has no GPU implementation
+        if device == "gpu":
+            raise IndexStoreError(f"{what}: this index type cannot run on GPU: {e}") from e
+        log.info("index type has no GPU implementation, staying on CPU (%s)", e)
+        return cpu_index, "cpu"
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+class VideoIndex:
+    """A FAISS index plus the video id of every row and the metadata needed to trust it.
+
+    ``index`` is the live faiss.Index (on GPU when built/loaded that way), ``ids[i]`` the video
+    id of faiss row i, ``meta`` a JSON-able dict: run, head, dim, factory, metric, count,
+    created, faiss_version, search_params, device, train_rows, extra.
+    Scores: inner product for metric "ip" (higher = better), squared L2 distance for "l2"
+    (lower = better), exactly as FAISS returns them.
+    """
+
+    def __init__(self, index: faiss.Index, ids: list[str], meta: dict, device: str = "cpu"):
+        self.index = index
+        self.ids = ids
+        self.meta = meta
+        self.device = device
+        self._pos = {v: i for i, v in enumerate(ids)}
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        factory: str = "Flat",
+        metric: str = "ip",
+        device: str = "auto",
+        train_size: int | None = None,
+        nprobe: int | None = None,
+        meta: dict | None = None,
+        seed: int = 0,
+    ) -> "VideoIndex":
+        """Build, train (if the factory needs it) and fill an index.
+
+        Training uses a random sample of ``train_size`` rows (seeded); by default at most
+        256 rows per centroid, which is all FAISS's k-means would use anyway. ``meta`` keys
+        "run" and "head" go to the top level of meta.json, everything else under "extra".
+        """
+        x = _as_matrix(embeddings, None, "embeddings")
+        n, d = x.shape
+        ids = _check_ids(ids, n, "build")
+        if metric not in METRICS:
+            raise IndexStoreError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+        try:
+            cpu_index = faiss.index_factory(d, factory, METRICS[metric])
+        except RuntimeError as e:
+            raise IndexStoreError(f"invalid FAISS factory string {factory!r}: {e}") from e
+
+        train_rows = 0
+        if not cpu_index.is_trained:
+            train_rows = cls._train(cpu_index, x, factory, train_size, seed, device)
+        index, used = _to_device(cpu_index, device, "build")
+        if n:
+            index.add(x)
+        extra = dict(meta or {})
+        out = cls(
+            index,
+            ids,
+            {
+                "format_version": FORMAT_VERSION,
+                "run": extra.pop("run", None),
+                "head": extra.pop("head", None),
+                "dim": d,
+                "factory": factory,
+                "metric": metric,
+                "count": n,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "faiss_version": faiss.__version__,
+                "train_rows": train_rows,
+                "seed": seed,
+                "search_params": {},
+                "extra": extra,
+            },
+            device=used,
+        )
+        if nprobe is not None:
+            out.set_nprobe(nprobe)
+        return out
+
+    @staticmethod
+    def _train(
+        index: faiss.Index, x: np.ndarray, factory: str, train_size: int | None, seed: int,
+        device: str,
+    ) -> int:
+        need = _min_train_rows(index)
+        nlist = _centroids(index)
+        n = x.shape[0]
+        size = min(n, train_size if train_size is not None else max(need, ROWS_PER_CENTROID * max(nlist, 1)))
+        if size < need:
+            given = f"train_size={train_size}" if train_size is not None and train_size < n else f"{n} embeddings"
+            raise IndexStoreError(
+                f"factory {factory!r} needs at least {need} training rows, got {given}; "
+                f"use a smaller factory (fewer IVF lists / PQ bits) or more videos"
+            )
+        if nlist and size < MIN_GOOD_ROWS_PER_CENTROID * nlist:
+            log.warning(
+                "training %d IVF lists on %d rows (< %d per list): clustering will be poor",
+                nlist, size, MIN_GOOD_ROWS_PER_CENTROID,
+            )
+        rng = np.random.default_rng(seed)
+        sample = x if size == n else x[np.sort(rng.choice(n, size=size, replace=False))]
+        ivf = faiss.extract_index_ivf(index) if nlist else None
+        if ivf is not None:
+            ivf.cp.seed = int(seed)
+            if device != "cpu" and gpu_available():  # FAISS wiki recipe: k-means on GPU
+                ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        log.info("training %s on %d rows", factory, size)
+        try:
+            index.train(sample)
+        except RuntimeError as e:
+            raise IndexStoreError(f"training factory {factory!r} on {size} rows failed: {e}") from e
+        return int(size)
+
+    # ------------------------------------------------------------------ use
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def add(self, embeddings: np.ndarray, ids: Sequence[str]) -> None:
+        """Append videos without rebuilding (IVF lists keep their trained centroids)."""
+        x = _as_matrix(embeddings, self.dim, "embeddings to add")
+        ids = _check_ids(ids, x.shape[0], "add")
+        clash = [i for i in ids if i in self._pos]
+        if clash:
+            raise IndexStoreError(
+                f"add: {len(clash)} video id(s) already in the index, e.g. {clash[:5]}; "
+                f"ids must be unique (rebuild the index to replace embeddings)"
+            )
+        if not x.shape[0]:
+            return
+        self.index.add(x)
+        start = len(self.ids)
+        self.ids.extend(ids)
+        self._pos.update((v, start + i) for i, v in enumerate(ids))
+        self.meta["count"] = len(self.ids)
+
+    def search_positions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k as FAISS gives it: scores [Q, k] float32 and row positions [Q, k] int64.
+
+        Position -1 marks a missing hit (k > ntotal, or an IVF probe that found fewer than k).
+        """
+        if int(k) < 1:
+            raise IndexStoreError(f"k must be >= 1, got {k}")
+        q = _as_matrix(queries, self.dim, "queries")
+        scores, pos = self.index.search(q, int(k))
+        return scores, pos
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k video ids per query; ``ids[q]`` lists only real hits (see search_positions)."""
+        scores, pos = self.search_positions(queries, k)
+        ids = self.ids
+        return scores, [[ids[p] for p in row if p >= 0] for row in pos.tolist()]
+
+    def position(self, video_id: str) -> int:
+        try:
+            return self._pos[video_id]
+        except KeyError:
+            raise IndexStoreError(f"video id {video_id!r} is not in the index") from None
+
+    def set_search_param(self, name: str, value: float) -> None:
+        """Set a FAISS search-time parameter (nprobe for IVF, efSearch for HNSW, ...)."""
+        ps = faiss.GpuParameterSpace() if self.device == "gpu" else faiss.ParameterSpace()
+        try:
+            ps.set_index_parameter(self.index, name, value)
+        except RuntimeError as e:
+            raise IndexStoreError(
+                f"factory {self.meta.get('factory')!r} has no search parameter {name!r}"
+            ) from e
+        self.meta.setdefault("search_params", {})[name] = value
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """How many IVF lists a query visits: the recall/speed knob of IVF indexes."""
+        if int(nprobe) < 1:
+            raise IndexStoreError(f"nprobe must be >= 1, got {nprobe}")
+        self.set_search_param("nprobe", int(nprobe))
+
+    def cpu_index(self) -> faiss.Index:
+        return faiss.index_gpu_to_cpu(self.index) if self.device == "gpu" else self.index
+
+    def reconstruct_all(self) -> np.ndarray | None:
+        """All stored vectors [ntotal, dim] (lossy for PQ/SQ codes), or None if unsupported.
+
+        For IVF indexes this builds FAISS's direct map (one int64 per vector) once.
+        """
+        idx = self.cpu_index()
+        n = idx.ntotal
+        try:
+            try:
+                ivf = faiss.extract_index_ivf(idx)
+            except (RuntimeError, TypeError):
+                ivf = None
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.make_direct_map()
+            return idx.reconstruct_n(0, n) if n else np.zeros((0, idx.d), np.float32)
+        except RuntimeError as e:
+            log.info("index %s cannot reconstruct vectors: %s", self.meta.get("factory"), e)
+            return None
+
+    # ------------------------------------------------------------------ storage
+    def save(self, out_dir: str) -> None:
+        """Write index.faiss, ids.parquet, meta.json into out_dir, replacing it atomically.
+
+        Files go to a hidden sibling folder first, which then takes out_dir's place by two
+        renames; anything else the caller keeps in out_dir is carried over.
+        """
+        out_dir = os.path.abspath(out_dir)
+        parent, name = os.path.split(out_dir)
+        if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+            raise IndexStoreError(f"{out_dir} exists and is not a folder")
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        try:
+            idx_path = os.path.join(tmp, INDEX_FILE)
+            faiss.write_index(self.cpu_index(), idx_path)
+            _fsync_file(idx_path)
+            ids_path = os.path.join(tmp, IDS_FILE)
+            pq.write_table(pa.table({ID_COLUMN: pa.array(self.ids, pa.string())}), ids_path)
+            _fsync_file(ids_path)
+            self.meta["count"] = len(self.ids)
+            meta_path = os.path.join(tmp, META_FILE)
+            with open(meta_path, "w") as f:
+                json.dump(self.meta, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            old = None
+            if os.path.isdir(out_dir):
+                for entry in os.listdir(out_dir):
+                    if entry not in (INDEX_FILE, IDS_FILE, META_FILE):
+                        os.rename(os.path.join(out_dir, entry), os.path.join(tmp, entry))
+                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                os.rename(out_dir, os.path.join(old, name))
+            os.rename(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("saved %d vectors (%s) to %s", len(self.ids), self.meta.get("factory"), out_dir)
+
+    @classmethod
+    def load(cls, index_dir: str, device: str = "cpu") -> "VideoIndex":
+        """Read an index folder, checking that its three files agree with each other."""
+        index_dir = os.path.abspath(index_dir)
+        if not os.path.isdir(index_dir):
+            parent, name = os.path.split(index_dir)
+            leftover = glob.glob(os.path.join(parent, f".{name}.old-*", name))
+            hint = (
+                f"; an interrupted save left the previous index at {leftover[0]} (move it back)"
+                if leftover else ""
+            )
+            raise IndexStoreError(f"index folder {index_dir} does not exist{hint}")
+        paths = {f: os.path.join(index_dir, f) for f in (INDEX_FILE, IDS_FILE, META_FILE)}
+        for f, p in paths.items():
+            if not os.path.isfile(p):
+                raise IndexStoreError(f"index folder {index_dir} has no {f}")
+        try:
+            with open(paths[META_FILE]) as fh:
+                meta = json.load(fh)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise IndexStoreError(f"{paths[META_FILE]} is not valid index metadata: {e}") from e
+        try:
+            cpu_index = faiss.read_index(paths[INDEX_FILE])
+        except RuntimeError as e:
+            raise IndexStoreError(f"{paths[INDEX_FILE]} is not a readable FAISS index: {e}") from e
+        try:
+            table = pq.read_table(paths[IDS_FILE])
+        except (OSError, pa.ArrowException) as e:
+            raise IndexStoreError(f"{paths[IDS_FILE]} is not a readable parquet file: {e}") from e
+        if ID_COLUMN not in table.column_names:
+            raise IndexStoreError(
+                f"{paths[IDS_FILE]} has no column {ID_COLUMN!r} (columns: {table.column_names})"
+            )
+        ids = [str(v) for v in table.column(ID_COLUMN).to_pylist()]
+        if len(ids) != cpu_index.ntotal:
+            raise IndexStoreError(
+                f"{index_dir}: {IDS_FILE} has {len(ids)} ids but {INDEX_FILE} holds "
+                f"{cpu_index.ntotal} vectors"
+            )
+        if len(set(ids)) != len(ids):
+            raise IndexStoreError(f"{paths[IDS_FILE]} contains duplicate video ids")
+        if meta.get("dim") != cpu_index.d:
+            raise IndexStoreError(
+                f"{index_dir}: {META_FILE} says dim {meta.get('dim')} but {INDEX_FILE} has dim "
+                f"{cpu_index.d}"
+            )
+        if meta.get("count") != cpu_index.ntotal:
+            raise IndexStoreError(
+                f"{index_dir}: {META_FILE} says count {meta.get('count')} but {INDEX_FILE} holds "
+                f"{cpu_index.ntotal} vectors"
+            )
+        metric = meta.get("metric")
+        if metric not in METRICS or METRICS[metric] != cpu_index.metric_type:
+            raise IndexStoreError(
+                f"{index_dir}: {META_FILE} metric {metric!r} does not match the FAISS index"
+            )
+        index, used = _to_device(cpu_index, device, f"load {index_dir}")
+        out = cls(index, ids, meta, device=used)
+        for name, value in dict(meta.get("search_params") or {}).items():
+            out.set_search_param(name, value)
+        return out
