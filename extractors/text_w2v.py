@@ -31,7 +31,7 @@ from vidfuse.errors import VidfuseError
 
 logger = logging.getLogger(__name__)
 
-BIGFILE_PARTS = ("feature.bin", "id.txt", "shape.txt")
+BIGFILE_PARTS = ("feature.bin", "id.txt", "shape.txt")  # see pipeline.bigfile
 
 
 class W2VFormatError(VidfuseError):
@@ -125,25 +125,12 @@ def _load_text(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _load_bigfile(path: Path) -> tuple[list[str], np.ndarray]:
-    missing = [p for p in BIGFILE_PARTS if not (path / p).is_file()]
-    if missing:
-        raise W2VFormatError(f"{path}: not a BigFile folder, missing {missing} (needs {list(BIGFILE_PARTS)})")
-    shape_text = (path / "shape.txt").read_text(encoding="utf-8", errors="replace")
-    header = _parse_header(shape_text.encode())
-    if header is None:
-        raise W2VFormatError(f"{path / 'shape.txt'} line 1: expected 'N D', got {shape_text.strip()[:80]!r}")
-    n, d = header
+    from pipeline.bigfile import BigFileError, read_bigfile  # lazy: pulls in the shard stack
+
     try:
-        words = (path / "id.txt").read_text(encoding="utf-8").split()
-    except UnicodeDecodeError as exc:
-        raise W2VFormatError(f"{path / 'id.txt'}: not valid UTF-8 near byte {exc.start}") from None
-    if len(words) != n:
-        raise W2VFormatError(f"{path / 'id.txt'}: {len(words)} ids, shape.txt says {n}")
-    size = (path / "feature.bin").stat().st_size
-    if size != n * d * 4:
-        raise W2VFormatError(f"{path / 'feature.bin'}: {size} bytes, expected N*D*4 = {n * d * 4} for shape {n}x{d}")
-    matrix = np.memmap(path / "feature.bin", dtype="<f4", mode="r", shape=(n, d))
-    return words, matrix
+        return read_bigfile(str(path))
+    except BigFileError as exc:
+        raise W2VFormatError(f"word vectors: {exc}") from None
 
 
 def _looks_binary(path: Path, head: bytes, d: int) -> bool:

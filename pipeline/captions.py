@@ -144,10 +144,7 @@ def _json_error(path: Path, exc: json.JSONDecodeError, lineno: int | None = None
     return CaptionFormatError(f"{path} line {line}: invalid JSON ({exc.msg} at column {exc.colno})")
 
 
-def load_json(path: str | os.PathLike, expected: str = "JSON"):
-    """Parsed JSON file; bad UTF-8, an empty file or a syntax error name the file and line."""
-    path = Path(path)
-    text = read_text_file(path)
+def _parse_json(path: Path, text: str, expected: str):
     if not text.strip():
         raise CaptionFormatError(f"{path}: empty file; expected {expected}")
     try:
@@ -156,15 +153,15 @@ def load_json(path: str | os.PathLike, expected: str = "JSON"):
         raise _json_error(path, exc) from None
 
 
+def load_json(path: str | os.PathLike, expected: str = "JSON"):
+    """Parsed JSON file; bad UTF-8, an empty file or a syntax error name the file and line."""
+    path = Path(path)
+    return _parse_json(path, read_text_file(path), expected)
+
+
 def _read_msrvtt(path: Path, text: str) -> list[Caption]:
     expected = 'a JSON object {"sentences": [{"video_id": ..., "caption": ...}, ...]} (MSRVTT_data.json)'
-    if not text.strip():
-        raise CaptionFormatError(f"{path}: empty file; expected {expected}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _json_error(path, exc) from None
-    return msrvtt_captions(path, data, expected)
+    return msrvtt_captions(path, _parse_json(path, text, expected), expected)
 
 
 def msrvtt_captions(path: Path, data, expected: str = "MSRVTT_data.json") -> list[Caption]:
