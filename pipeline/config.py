@@ -8,7 +8,10 @@ extractor's settings is refused with the key named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
+
+from extractors.text_bow import BowConfig
+from extractors.text_w2v import W2VConfig
 
 VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif"]
 
@@ -27,10 +30,13 @@ class OutputConfig:
 
 @dataclass
 class TextConfig:
+    """Caption-side encoders; ``clip`` uses the video side's ``extractors.clip`` settings."""
+
     encoders: List[str] = field(default_factory=lambda: ["clip", "bow"])  # clip, bow, w2v
-    bow_min_count: int = 5
-    w2v_path: Optional[str] = None  # word2vec file (binary .bin or text) or BigFile folder
+    bow: BowConfig = field(default_factory=BowConfig)
+    w2v: W2VConfig = field(default_factory=W2VConfig)
     batch_size: int = 256
+    shard_size: int = 20000  # captions per shard
 
 
 @dataclass

@@ -101,6 +101,11 @@ def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]
     existing = read_manifest(out_dir)
     if existing is not None:
         check_compatible(existing, manifest)
+        if sorted(existing.formats) != sorted(formats):
+            raise ConfigError(
+                f"{out_dir} holds {existing.formats} shards; resume with --format {','.join(existing.formats)} "
+                "or extract into another folder"
+            )
         manifest.shards = list(existing.shards)
     write_manifest(out_dir, manifest)
     return manifest

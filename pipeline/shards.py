@@ -262,6 +262,11 @@ def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
 _WRITERS = {"parquet": _write_parquet, "hdf5": _write_hdf5}
 
 
+def new_shard_name() -> str:
+    """A fresh shard stem: unique across reruns and workers, so no write replaces another's rows."""
+    return f"part-{uuid.uuid4().hex[:16]}"
+
+
 def write_shard(
     out_dir: str,
     shard_name: str,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -219,10 +218,9 @@ class _WriteShardFn(beam.DoFn):
         self.shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
 
     def process(self, rows: Sequence[Any]) -> Iterator[str]:
-        from pipeline.shards import write_shard
+        from pipeline.shards import new_shard_name, write_shard
 
-        name = f"part-{uuid.uuid4().hex[:16]}"
-        yield from write_shard(self.out_dir, name, list(rows), self.formats, self.manifest_hash)
+        yield from write_shard(self.out_dir, new_shard_name(), list(rows), self.formats, self.manifest_hash)
         self.shards.inc()
 
 

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # Beam relays every worker's INFO lines; keep the terminal for progress
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

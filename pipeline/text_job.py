@@ -1,0 +1,145 @@
+"""``extract-text``: caption-side features in the same shard format as the video side.
+
+Layout: ``OUT/text/<encoder>/`` with a manifest per encoder. ``text/clip`` records the same
+config hash as the video ``clip`` folder, so training can refuse text and video CLIP
+features that came from different weights. The bow vocabulary is built on the train split
+only (test words stay unknown) and saved beside its shards (``vocab.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+from dataclasses import asdict
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.captions import Caption, read_captions
+from pipeline.config import ExtractConfig
+from pipeline.job_lock import exclusive_folder
+from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
+from pipeline.shards import FeatureRow, existing_ids, new_shard_name, write_shard
+from pipeline.splits import find_split_files, read_split
+from vidfuse.config import config_hash, config_to_dict
+from vidfuse.errors import ConfigError, VidfuseError
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODERS = ("clip", "bow", "w2v")
+VOCAB_FILE = "vocab.json"
+
+
+def text_feature_dir(features_dir: str, encoder: str) -> str:
+    return posixpath.join(features_dir, "text", encoder)
+
+
+def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: str | None) -> list[str]:
+    train = set(read_split(find_split_files(captions_path, splits_dir)["train"]))
+    texts = [c.text for c in captions if c.video_id in train]
+    if not texts:
+        raise VidfuseError(f"no caption of {captions_path} belongs to a video of the train split")
+    return texts
+
+
+def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
+    """(encode function, manifest fields) of one text encoder."""
+    if name == "clip":
+        from extractors.registry import build_extractor
+
+        if "clip" not in config.extractors:
+            raise ConfigError("text encoder 'clip' needs the video side's extractors.clip settings in the config")
+        clip = build_extractor("clip", config.extractors["clip"], device=device)
+        described = clip.describe()
+        settings = config_to_dict(clip.config)
+        fields = dict(model=described["model"], weights=described["weights"], dim=described["dim"],
+                      config=settings, config_hash=config_hash(settings), extra={})
+        return clip.encode_text, fields
+    if name == "bow":
+        from extractors.text_bow import BowEncoder, BowVocabulary
+
+        vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+        settings = asdict(config.text.bow)
+        settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
+        fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
+                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE})
+        return BowEncoder(vocab).encode, fields
+    if name == "w2v":
+        from extractors.text_w2v import W2VEncoder
+
+        encoder = W2VEncoder.from_config(config.text.w2v)
+        settings = asdict(config.text.w2v)
+        fields = dict(model="word2vec", weights=str(config.text.w2v.path), dim=encoder.dim,
+                      config=settings, config_hash=config_hash(settings), extra={})
+        return encoder.encode, fields
+    raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
+
+
+def _encode_missing(
+    name: str,
+    encode: Callable[[Sequence[str]], np.ndarray],
+    manifest: Manifest,
+    captions: Sequence[Caption],
+    out_dir: str,
+    batch_size: int,
+    shard_size: int,
+    progress: bool,
+) -> int:
+    """Encode the captions not yet in ``out_dir``; one shard per ``shard_size`` captions."""
+    present = existing_ids(out_dir, manifest.formats)
+    todo = [c for c in captions if c.caption_id not in present]
+    written = 0
+    with tqdm(total=len(todo), desc=f"text/{name}", unit="caption", disable=not progress) as bar:
+        for start in range(0, len(todo), shard_size):
+            chunk = todo[start : start + shard_size]
+            vectors = []
+            for b in range(0, len(chunk), batch_size):
+                vectors.append(np.asarray(encode([c.text for c in chunk[b : b + batch_size]]), dtype=np.float32))
+                bar.update(min(batch_size, len(chunk) - b))
+            matrix = np.concatenate(vectors)
+            rows = [FeatureRow(video_id=c.caption_id, feature=v) for c, v in zip(chunk, matrix)]
+            shard = new_shard_name()
+            write_shard(out_dir, shard, rows, manifest.formats, manifest.hash())
+            manifest.shards.append(shard)
+            written += len(rows)
+    return written
+
+
+def run_text_extraction(
+    captions_path: str,
+    out_dir: str,
+    config: ExtractConfig,
+    encoders: Sequence[str] | None = None,
+    splits_dir: str | None = None,
+    formats: Sequence[str] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write ``OUT/text/<encoder>/`` for each encoder; returns captions written per encoder."""
+    names = list(encoders or config.text.encoders)
+    unknown = [n for n in names if n not in TEXT_ENCODERS]
+    if unknown:
+        raise ConfigError(f"unknown text encoder(s) {unknown}; choose from {list(TEXT_ENCODERS)}")
+    captions = read_captions(captions_path)
+    formats = list(formats or config.output.formats)
+    written = {}
+    with exclusive_folder(posixpath.join(out_dir, "text"), "extract-text job"):
+        for name in names:
+            folder = text_feature_dir(out_dir, name)
+            encode, fields = _encoder(name, config, captions, captions_path, splits_dir, folder, device)
+            manifest = Manifest(name=f"text/{name}", kind="text", level="sentence", sampling={},
+                                versions=library_versions(), formats=formats, **fields)
+            existing = read_manifest(folder)
+            if existing is not None:
+                check_compatible(existing, manifest)
+                manifest.formats, manifest.shards = list(existing.formats), list(existing.shards)
+            write_manifest(folder, manifest)
+            written[name] = _encode_missing(
+                name, encode, manifest, captions, folder, config.text.batch_size, config.text.shard_size, progress
+            )
+            write_manifest(folder, manifest)
+            log.info("text/%s: %d captions encoded, %d already present", name, written[name], len(captions) - written[name])
+    return written

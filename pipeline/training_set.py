@@ -1,0 +1,202 @@
+"""Feature shards + captions + split files -> the arrays a fusion head trains and runs on.
+
+Feature names follow the heads' convention: ``"clip"`` is a video-level (or sentence-level)
+vector, ``"clip@frames"`` the per-frame matrix of the same feature set, and text ``"gru"``
+the token ids of the bow vocabulary (the GRU is learned inside the head).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fusion.data import FRAMES_SUFFIX, FeatureBank, TrainData
+from pipeline.captions import Caption, read_captions
+from pipeline.features import FeatureSet, load_feature_set
+from pipeline.manifest import Manifest
+from pipeline.splits import find_split_files, read_split
+from pipeline.text_job import VOCAB_FILE, text_feature_dir
+from vidfuse.errors import VidfuseError
+
+log = logging.getLogger(__name__)
+
+LEARNED_TEXT_FEATURES = ("gru",)
+
+
+class TrainingSetError(VidfuseError):
+    """Features, captions and splits that do not fit together."""
+
+
+@dataclass
+class Corpus:
+    """Captions and splits of one dataset, read once."""
+
+    captions: list[Caption]
+    splits: dict[str, list[str]]
+    captions_path: str
+
+    @classmethod
+    def read(cls, captions_path: str, splits_dir: str | None = None) -> "Corpus":
+        captions = read_captions(captions_path)
+        files = find_split_files(captions_path, splits_dir)
+        return cls(captions, {name: read_split(path) for name, path in files.items()}, captions_path)
+
+    def split_videos(self, split: str) -> list[str]:
+        if split not in self.splits:
+            raise TrainingSetError(f"no {split!r} split for {self.captions_path} (found {sorted(self.splits)})")
+        return self.splits[split]
+
+    def split_captions(self, split: str) -> list[Caption]:
+        videos = set(self.split_videos(split))
+        return [c for c in self.captions if c.video_id in videos]
+
+
+def head_features(head_cfg) -> tuple[list[str], list[str]]:
+    """(video feature names, text feature names) a head config reads."""
+    section = getattr(head_cfg, head_cfg.type)
+    video = list(getattr(section, "video_features", None) or [])
+    text = list(getattr(section, "text_features", None) or [])
+    for attr, names in (("video_feature", video), ("text_feature", text)):
+        if getattr(section, attr, None):
+            names.append(getattr(section, attr))
+    if getattr(section, "frame_feature", None):
+        video.append(section.frame_feature + FRAMES_SUFFIX)
+    return list(dict.fromkeys(video)), list(dict.fromkeys(text))
+
+
+def _base(name: str) -> str:
+    return name[: -len(FRAMES_SUFFIX)] if name.endswith(FRAMES_SUFFIX) else name
+
+
+def _open(folder: str, what: str) -> FeatureSet:
+    try:
+        return load_feature_set(folder)
+    except VidfuseError as exc:
+        raise TrainingSetError(f"{what} features: {exc}") from None
+
+
+def _bank_from_sets(sets: dict[str, FeatureSet], names: Sequence[str], ids: Sequence[str]) -> FeatureBank:
+    bank = FeatureBank()
+    for name in names:
+        base = _base(name)
+        part = sets[base].subset(ids)
+        if name.endswith(FRAMES_SUFFIX):
+            if not part.has_frames:
+                raise TrainingSetError(f"{name!r} needs per-frame features, but {sets[base].path} kept none")
+            bank.frames[base] = (part.frames_matrix, part.offsets)
+        else:
+            bank.vectors[base] = part.features
+    return bank
+
+
+def load_video_bank(features_dir: str, names: Sequence[str], video_ids: Sequence[str]) -> tuple[FeatureBank, dict[str, Manifest]]:
+    """Video features ``names`` of ``video_ids`` (in that order); missing videos are an error."""
+    sets = {b: _open(posixpath.join(features_dir, b), "video") for b in dict.fromkeys(_base(n) for n in names)}
+    return _bank_from_sets(sets, names, video_ids), {b: s.manifest for b, s in sets.items()}
+
+
+def load_text_bank(
+    features_dir: str, names: Sequence[str], captions: Sequence[Caption]
+) -> tuple[FeatureBank, dict[str, Manifest], int | None]:
+    """Text features of ``captions``; ``gru`` becomes token ids of the bow vocabulary.
+
+    Returns (bank, manifests, vocab_size or None).
+    """
+    stored = [n for n in names if n not in LEARNED_TEXT_FEATURES]
+    sets = {n: _open(text_feature_dir(features_dir, n), "text") for n in stored}
+    bank = _bank_from_sets(sets, stored, [c.caption_id for c in captions])
+    vocab_size = None
+    if any(n in LEARNED_TEXT_FEATURES for n in names):
+        from extractors.text_bow import BowEncoder, BowVocabulary
+
+        vocab_path = posixpath.join(text_feature_dir(features_dir, "bow"), VOCAB_FILE)
+        try:
+            vocab = BowVocabulary.load(vocab_path)
+        except VidfuseError as exc:
+            raise TrainingSetError(f"the 'gru' text feature needs the bow vocabulary ({exc}); run `vidfuse extract-text --encoders bow` first") from None
+        bank.tokens = BowEncoder(vocab).token_ids([c.text for c in captions])
+        vocab_size = len(vocab) + 1  # id 0 = padding / unknown word
+    return bank, {f"text/{n}": s.manifest for n, s in sets.items()}, vocab_size
+
+
+def check_clip_pairing(video: dict[str, Manifest], text: dict[str, Manifest]) -> None:
+    """Text and video CLIP features must come from the same model and weights."""
+    v, t = video.get("clip"), text.get("text/clip")
+    if v is None or t is None:
+        return
+    if (v.model, v.weights, v.config_hash) != (t.model, t.weights, t.config_hash):
+        raise TrainingSetError(
+            "video and text CLIP features come from different models/weights: "
+            f"video clip = {v.model} ({v.weights}, config {v.config_hash}), "
+            f"text clip = {t.model} ({t.weights}, config {t.config_hash}); "
+            "run extract and extract-text with the same --config"
+        )
+
+
+@dataclass
+class SplitBanks:
+    """One split's videos and captions, loaded for encoding (index, benchmark, validation)."""
+
+    videos: FeatureBank
+    texts: FeatureBank
+    video_ids: list[str]
+    captions: list[Caption]
+    caption_video: np.ndarray
+    manifests: dict[str, Manifest]
+    vocab_size: int | None
+
+
+def load_split(features_dir: str, corpus: Corpus, split: str, head_cfg, need_texts: bool = True) -> SplitBanks:
+    """Banks of one split for a head config; captions of videos outside the split are ignored."""
+    video_names, text_names = head_features(head_cfg)
+    video_ids = list(dict.fromkeys(corpus.split_videos(split)))
+    captions = corpus.split_captions(split) if need_texts else []
+    videos, vman = load_video_bank(features_dir, video_names, video_ids)
+    if need_texts:
+        if not captions:
+            raise TrainingSetError(f"no caption of {corpus.captions_path} belongs to the {split!r} split")
+        texts, tman, vocab_size = load_text_bank(features_dir, text_names, captions)
+        check_clip_pairing(vman, tman)
+    else:
+        texts, tman, vocab_size = FeatureBank(), {}, None
+    position = {v: i for i, v in enumerate(video_ids)}
+    caption_video = np.fromiter((position[c.video_id] for c in captions), dtype=np.int64, count=len(captions))
+    return SplitBanks(videos, texts, video_ids, captions, caption_video, {**vman, **tman}, vocab_size)
+
+
+def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str = "val") -> tuple[TrainData, dict[str, Manifest]]:
+    """TrainData over the train and val videos (one bank; val rows after train rows)."""
+    video_names, text_names = head_features(head_cfg)
+    train_ids = list(dict.fromkeys(corpus.split_videos("train")))
+    val_ids = [v for v in dict.fromkeys(corpus.splits.get(val_split, [])) if v not in set(train_ids)]
+    if not val_ids:
+        raise TrainingSetError(f"the {val_split!r} split is missing or empty: training validates every epoch on it")
+    video_ids = train_ids + val_ids
+    position = {v: i for i, v in enumerate(video_ids)}
+    captions = [c for c in corpus.captions if c.video_id in position]
+    if not captions:
+        raise TrainingSetError(f"no caption of {corpus.captions_path} belongs to the train/val videos")
+    videos, vman = load_video_bank(features_dir, video_names, video_ids)
+    texts, tman, vocab_size = load_text_bank(features_dir, text_names, captions)
+    check_clip_pairing(vman, tman)
+    caption_video = np.fromiter((position[c.video_id] for c in captions), dtype=np.int64, count=len(captions))
+    in_train = caption_video < len(train_ids)
+    data = TrainData(
+        videos=videos,
+        texts=texts,
+        caption_video=caption_video,
+        train_captions=np.flatnonzero(in_train),
+        val_captions=np.flatnonzero(~in_train),
+        video_ids=video_ids,
+        caption_ids=[c.caption_id for c in captions],
+        vocab_size=vocab_size,
+    )
+    if not len(data.train_captions):
+        raise TrainingSetError(f"no caption of {corpus.captions_path} belongs to a train video")
+    log.info("train data: %d train / %d val videos, %d / %d captions", len(train_ids), len(val_ids),
+             len(data.train_captions), len(data.val_captions))
+    return data, {**vman, **tman}

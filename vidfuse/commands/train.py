@@ -1,0 +1,60 @@
+"""``vidfuse train --features DIR --captions FILE --config NAME --out RUN``: fit a fusion head."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vidfuse.commands.common import add_config_args
+
+RUN_INFO = "run.json"
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Train a fusion head on feature shards. Split files (train/val/test.txt) are found "
+            "beside CAPTIONS unless --splits names their folder. Rerunning into the same --out "
+            "resumes from its last epoch."
+        ),
+    )
+    p.add_argument("--features", required=True, help="features folder written by extract and extract-text")
+    p.add_argument("--captions", required=True, help="caption file (LAFF text, MSR-VTT JSON, CSV, JSONL)")
+    p.add_argument("--splits", default=None, help="folder of train/val/test.txt (default: beside --captions)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, metrics.jsonl)")
+    add_config_args(p, "train", "laff")
+    p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusion.trainer import TrainConfig, train
+    from pipeline.training_set import Corpus, build_train_data
+    from vidfuse.config import load_config
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(TrainConfig, args.config, overrides, kind="train")
+    corpus = Corpus.read(args.captions, args.splits)
+    data, manifests = build_train_data(args.features, corpus, cfg.head)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "features": str(Path(args.features).resolve()),
+        "captions": str(Path(args.captions).resolve()),
+        "splits": str(Path(args.splits).resolve()) if args.splits else None,
+        "manifests": {name: m.to_dict() for name, m in manifests.items()},
+    }
+    (out / RUN_INFO).write_text(json.dumps(info, indent=2))
+    result = train(cfg, data, out, resume=not args.fresh, progress=not args.no_progress)
+    t2v = result.best_val.get("t2v", {})
+    summary = ", ".join(f"{k} {t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in t2v)
+    print(
+        f"train: {cfg.head.type} best epoch {result.best_epoch}/{result.epochs_run} "
+        f"({result.metric_name} {result.best_metric:.4f}; val t2v {summary}) -> {out}"
+    )
+    return 0
