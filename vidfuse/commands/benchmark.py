@@ -1,0 +1,42 @@
+"""``vidfuse benchmark --run RUN --index IDX --split test --out REPORT``: retrieval metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "R@1/5/10, MedR, MeanR, mIR, mAP in both directions, through the index and exactly. "
+            "Several runs benchmarked into one --out share its table.md and recall.png."
+        ),
+    )
+    p.add_argument("--run", required=True, help="run folder written by `vidfuse train`")
+    p.add_argument("--index", required=True, help="index folder written by `vidfuse index` for that run")
+    p.add_argument("--captions", default=None, help="caption file (default: the run's)")
+    p.add_argument("--split", default="test", help="split whose captions query the index (default test)")
+    p.add_argument("--splits", default=None, help="folder of split files (default: beside the captions)")
+    p.add_argument("--features", default=None, help="features folder (default: the run's)")
+    p.add_argument("--out", required=True, help="report folder: metrics.json, table.md, recall.png")
+    p.add_argument("--k", type=int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
+    p.add_argument("--name", default=None, help="row name in the table (default: the run folder's name)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from index.benchmark import run_benchmark
+
+    result = run_benchmark(args.run, args.index, args.out, args.captions, args.split, args.splits,
+                           args.features, args.k, args.name)
+    with open(os.path.join(args.out, "table.md")) as handle:
+        print(handle.read())
+    lost = result["via_index"]["recall_lost"]
+    print(f"through the index ({result['factory']}, k={result['via_index']['k']}): "
+          + ", ".join(f"{key} {result['via_index']['t2v'][key]:.1f} (lost {lost[key]:.1f})" for key in lost))
+    print(f"report: {os.path.join(args.out, 'metrics.json')}, table.md, recall.png")
+    return 0
