@@ -12,6 +12,7 @@ Broken files for error-path tests: :func:`write_corrupt`, :func:`write_truncated
 
 from __future__ import annotations
 
+import functools
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -48,13 +49,20 @@ def bits_frame(index: int, height: int, width: int) -> np.ndarray:
     return frame
 
 
-def textured_frame(index: int, height: int, width: int) -> np.ndarray:
-    """The bits frame plus a moving gradient and fixed noise: realistic decode cost, index still readable."""
-    base = bits_frame(index, height, width).astype(np.int16)
-    yy, xx = np.mgrid[0:height, 0:width]
-    wave = (20 * np.sin((xx + 3 * index) / 9.0) * np.cos((yy - 2 * index) / 11.0)).astype(np.int16)
+@functools.lru_cache(maxsize=8)
+def _texture_parts(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs = np.arange(width, dtype=np.float64)
+    ys = np.arange(height, dtype=np.float64)
     noise = np.random.default_rng(12345).integers(-12, 13, size=(height, width, 3), dtype=np.int16)
-    return np.clip(base + wave[..., None] + noise, 0, 255).astype(np.uint8)
+    return xs, ys, noise
+
+
+def textured_frame(index: int, height: int, width: int) -> np.ndarray:
+    """The bits frame plus a moving wave and fixed noise: realistic decode cost, index still readable."""
+    xs, ys, noise = _texture_parts(height, width)
+    wave = 20 * np.outer(np.cos((ys - 2 * index) / 11.0), np.sin((xs + 3 * index) / 9.0))
+    frame = bits_frame(index, height, width).astype(np.int16) + wave.astype(np.int16)[..., None] + noise
+    return np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def rgb_bars_frame(index: int, height: int, width: int) -> np.ndarray:
