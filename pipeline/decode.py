@@ -331,8 +331,8 @@ def _index_packets(path: str, container, stream) -> _PacketIndex:
     missing_pts = 0
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # flush packet
+            if packet.size == 0 or packet.is_discard:
+                continue  # flush packet, or one an edit list hides (the decoder drops its frame)
             ts = packet.pts if packet.pts is not None else packet.dts
             if ts is None:
                 missing_pts += 1
