@@ -17,11 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from index.faiss_index import IndexStoreError, VideoIndex
+from pipeline.training_set import RUN_SOURCES
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
 
-RUN_INFO = "run.json"
 ALL_VIDEOS = "all"
 
 
@@ -47,14 +47,14 @@ class Run:
         if not (path / "checkpoint.pt").is_file():
             raise RunError(f"{run_dir} is not a trained run (no checkpoint.pt); train one with `vidfuse train --out {run_dir}`")
         head, cfg, info = load_run(path, device=device)
-        sources = json.loads((path / RUN_INFO).read_text()) if (path / RUN_INFO).is_file() else {}
+        sources = json.loads((path / RUN_SOURCES).read_text()) if (path / RUN_SOURCES).is_file() else {}
         return cls(str(path.resolve()), head, cfg, info, sources)
 
     def source(self, key: str, given: str | None) -> str:
         """A path given on the command line, else the one the run was trained with."""
         value = given or self.sources.get(key)
         if not value:
-            raise RunError(f"no --{key} given and {self.path}/{RUN_INFO} does not record one")
+            raise RunError(f"no --{key} given and {self.path}/{RUN_SOURCES} does not record one")
         return value
 
 

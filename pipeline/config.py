@@ -8,7 +8,7 @@ extractor's settings is refused with the key named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from extractors.text_bow import BowConfig
 from extractors.text_w2v import W2VConfig
@@ -19,6 +19,7 @@ VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 @dataclass
 class DecodeConfig:
     backend: str = "decord"  # decord | pyav | torchcodec
+    fallback: Optional[str] = "pyav"  # tried when the backend cannot open a file (decord: GIF, AV1)
     extensions: List[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
 
 

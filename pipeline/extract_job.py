@@ -24,14 +24,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
-from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures
-from pipeline.video_files import list_videos, video_id_for
+from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures, build_job_extractor
+from pipeline.video_files import list_videos, normalise_dir, video_id_for
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
+SOURCES_FILE = "sources.json"  # video folders extracted into this features folder
 KNOWN_FORMATS = ("parquet", "hdf5")
 
 
@@ -156,6 +157,20 @@ def _merge_dead_letters(out_dir: str, prefix: str, present: dict[str, set[str]])
     return errors_path, len(new_failures)
 
 
+def _record_source(out_dir: str, video_dir: str) -> None:
+    """Remember which video folders fed this features folder (search shows video paths)."""
+    path = posixpath.join(out_dir, SOURCES_FILE)
+    sources = {"video_dirs": []}
+    if FileSystems.exists(path):
+        with FileSystems.open(path) as handle:
+            sources = json.loads(handle.read().decode("utf-8"))
+    folder = normalise_dir(video_dir).rstrip("/")
+    if folder not in sources["video_dirs"]:
+        sources["video_dirs"].append(folder)
+        with FileSystems.create(path) as handle:
+            handle.write(json.dumps(sources, indent=2).encode("utf-8"))
+
+
 class _ProgressPoller:
     """Shows videos done / total and the rate, read from the complete shards on disk.
 
@@ -209,7 +224,6 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
-    from extractors.registry import build_extractor
     from pipeline.shards import existing_ids, list_shards
     from pipeline.manifest import write_manifest
 
@@ -224,7 +238,7 @@ def run_extraction(
 
     with exclusive_folder(out_dir, "extract job"):
         out_dirs = {n: posixpath.join(out_dir, n) for n in names}
-        built = {n: build_extractor(n, config.extractors[n], device="cpu") for n in names}
+        built = {n: build_job_extractor(n, config.extractors[n], device="cpu") for n in names}
         manifests = {n: _prepare_manifest(n, built[n], out_dirs[n], formats) for n in names}
         done = {n: existing_ids(out_dirs[n]) for n in names}
         rejected = _duplicate_ids(paths, video_dir)
@@ -245,6 +259,7 @@ def run_extraction(
             rejected=rejected,
             extensions=config.decode.extensions,
             backend=config.decode.backend,
+            fallback=config.decode.fallback,
             formats=formats,
             shard_size=config.output.shard_size,
             batch_videos=batch_videos,
@@ -264,6 +279,7 @@ def run_extraction(
             )
             write_manifest(out_dirs[n], manifests[n])
         errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present)
+        _record_source(out_dir, video_dir)
 
     counters = Counter()
     for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:

@@ -47,11 +47,11 @@ def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: st
 def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
     """(encode function, manifest fields) of one text encoder."""
     if name == "clip":
-        from extractors.registry import build_extractor
+        from pipeline.transforms import build_job_extractor
 
         if "clip" not in config.extractors:
             raise ConfigError("text encoder 'clip' needs the video side's extractors.clip settings in the config")
-        clip = build_extractor("clip", config.extractors["clip"], device=device)
+        clip = build_job_extractor("clip", config.extractors["clip"], device=device)
         described = clip.describe()
         settings = config_to_dict(clip.config)
         fields = dict(model=described["model"], weights=described["weights"], dim=described["dim"],
@@ -76,6 +76,32 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
                       config=settings, config_hash=config_hash(settings), extra={})
         return encoder.encode, fields
     raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
+
+
+def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
+    """The encode function that wrote ``folder`` (a ``text/<encoder>`` feature set), for new text.
+
+    Queries typed at search time must be encoded exactly as the training captions were:
+    the same CLIP config, the same bow vocabulary, the same word vectors.
+    """
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise VidfuseError(f"no manifest.json in {folder}: run `vidfuse extract-text` first")
+    name = manifest.name.split("/", 1)[-1]
+    if name == "clip":
+        from extractors.registry import build_extractor
+
+        return build_extractor("clip", manifest.config, device=device).encode_text
+    if name == "bow":
+        from extractors.text_bow import BowEncoder, BowVocabulary
+
+        return BowEncoder(BowVocabulary.load(posixpath.join(folder, manifest.extra.get("vocabulary", VOCAB_FILE)))).encode
+    if name == "w2v":
+        from extractors.text_w2v import W2VConfig, W2VEncoder
+
+        known = W2VConfig.__dataclass_fields__
+        return W2VEncoder.from_config(W2VConfig(**{k: v for k, v in manifest.config.items() if k in known})).encode
+    raise VidfuseError(f"{folder}: unknown text encoder {name!r}")
 
 
 def _encode_missing(

@@ -200,3 +200,36 @@ def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str
     log.info("train data: %d train / %d val videos, %d / %d captions", len(train_ids), len(val_ids),
              len(data.train_captions), len(data.val_captions))
     return data, {**vman, **tman}
+
+
+RUN_SOURCES = "run.json"  # where a run's inputs came from (index/benchmark/search default to them)
+
+
+def write_run_sources(run_dir: str, features_dir: str, captions: str, splits: str | None,
+                      manifests: dict[str, Manifest]) -> None:
+    """Record a run's inputs and the manifests of the features it trained on."""
+    import json
+    from pathlib import Path
+
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "features": str(Path(features_dir).resolve()),
+        "captions": str(Path(captions).resolve()),
+        "splits": str(Path(splits).resolve()) if splits else None,
+        "manifests": {name: m.to_dict() for name, m in manifests.items()},
+    }
+    tmp = out / f".{RUN_SOURCES}.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(out / RUN_SOURCES)
+
+
+def run_training(cfg, features_dir: str, captions: str, out_dir: str, splits: str | None = None,
+                 resume: bool = True, progress: bool = True):
+    """Train ``cfg`` (a TrainConfig) on a features folder + captions; returns the TrainResult."""
+    from fusion.trainer import train
+
+    corpus = Corpus.read(captions, splits)
+    data, manifests = build_train_data(features_dir, corpus, cfg.head)
+    write_run_sources(out_dir, features_dir, captions, splits, manifests)
+    return train(cfg, data, out_dir, resume=resume, progress=progress)

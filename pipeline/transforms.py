@@ -30,6 +30,24 @@ log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "vidfuse"
 DEAD_LETTER_TAG = "dead_letters"
+MODEL_INIT_SEED = 0
+
+
+def build_job_extractor(name: str, config: Any, device: str = "auto"):
+    """``build_extractor`` with torch's RNG fixed while the model is made.
+
+    Every Beam worker, every rerun and ``extract-text`` build their own copy of the model.
+    With random weights (``pretrained: null``) an unseeded initialisation would give each of
+    them a different model under one manifest hash, so resumed shards, workers and the text
+    side would not agree. The caller's RNG state is left as it was.
+    """
+    import torch
+
+    from extractors.registry import build_extractor
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(MODEL_INIT_SEED)
+        return build_extractor(name, config, device=device)
 
 
 @dataclass
@@ -85,11 +103,13 @@ class _DecodeAndSampleFn(beam.DoFn):
         done: Mapping[str, set[str]],
         rejected: Mapping[str, str],
         backend: str,
+        fallback: str | None,
     ):
         self.samplings = dict(samplings)
         self.done = {name: set(ids) for name, ids in done.items()}
         self.rejected = dict(rejected)
         self.backend = backend
+        self.fallback = fallback
         self.decoded = Metrics.counter(METRICS_NAMESPACE, "videos_decoded")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "videos_skipped")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "videos_failed")
@@ -111,7 +131,7 @@ class _DecodeAndSampleFn(beam.DoFn):
                 )
             return
         try:
-            with local_copy(path) as local, open_video(local, backend=self.backend) as reader:
+            with local_copy(path) as local, open_video(local, backend=self.backend, fallback=self.fallback) as reader:
                 info = reader.info
                 times = None
                 if any(self.samplings[n].kind == "fps" for n in pending):
@@ -145,16 +165,18 @@ class DecodeAndSample(beam.PTransform):
         done: Mapping[str, set[str]],
         rejected: Mapping[str, str],
         backend: str,
+        fallback: str | None = None,
     ):
         super().__init__()
         self.samplings = dict(samplings)
         self.done = done
         self.rejected = rejected
         self.backend = backend
+        self.fallback = fallback
 
     def expand(self, videos):
         return videos | "Decode" >> beam.ParDo(
-            _DecodeAndSampleFn(self.samplings, self.done, self.rejected, self.backend)
+            _DecodeAndSampleFn(self.samplings, self.done, self.rejected, self.backend, self.fallback)
         ).with_outputs(*self.samplings, DEAD_LETTER_TAG)
 
 
@@ -169,9 +191,7 @@ class _EmbedFn(beam.DoFn):
         self.embedded = Metrics.counter(METRICS_NAMESPACE, f"{name}_embedded")
 
     def setup(self) -> None:
-        from extractors.registry import build_extractor
-
-        self.extractor = build_extractor(self.name, self.config, device=self.device)
+        self.extractor = build_job_extractor(self.name, self.config, device=self.device)
 
     def process(self, batch: Sequence[DecodedVideo]) -> Iterator[Any]:
         from pipeline.shards import FeatureRow
@@ -272,6 +292,7 @@ class ExtractFeatures(beam.PTransform):
         rejected: Mapping[str, str],
         extensions: Sequence[str],
         backend: str,
+        fallback: str | None,
         formats: Sequence[str],
         shard_size: int,
         batch_videos: int,
@@ -287,6 +308,7 @@ class ExtractFeatures(beam.PTransform):
         self.done = done
         self.rejected = dict(rejected)
         self.extensions, self.backend, self.formats = list(extensions), backend, list(formats)
+        self.fallback = fallback
         self.shard_size, self.batch_videos, self.device = shard_size, batch_videos, device
         self.dead_letter_prefix = dead_letter_prefix
 
@@ -296,7 +318,7 @@ class ExtractFeatures(beam.PTransform):
             | "MatchVideos" >> MatchVideos(self.video_dir, self.extensions)
             | "Spread" >> beam.Reshuffle()
             | "DecodeAndSample" >> DecodeAndSample(
-                self.samplings, self.done, self.rejected, self.backend
+                self.samplings, self.done, self.rejected, self.backend, self.fallback
             )
         )
         written = []

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if not args.verbose:  # Beam relays every worker's INFO lines; keep the terminal for progress
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

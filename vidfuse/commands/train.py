@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
 from vidfuse.commands.common import add_config_args
-
-RUN_INFO = "run.json"
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -33,28 +28,18 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.trainer import TrainConfig, train
-    from pipeline.training_set import Corpus, build_train_data
+    from fusion.trainer import TrainConfig
+    from pipeline.training_set import run_training
     from vidfuse.config import load_config
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(TrainConfig, args.config, overrides, kind="train")
-    corpus = Corpus.read(args.captions, args.splits)
-    data, manifests = build_train_data(args.features, corpus, cfg.head)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {
-        "features": str(Path(args.features).resolve()),
-        "captions": str(Path(args.captions).resolve()),
-        "splits": str(Path(args.splits).resolve()) if args.splits else None,
-        "manifests": {name: m.to_dict() for name, m in manifests.items()},
-    }
-    (out / RUN_INFO).write_text(json.dumps(info, indent=2))
-    result = train(cfg, data, out, resume=not args.fresh, progress=not args.no_progress)
+    result = run_training(cfg, args.features, args.captions, args.out, args.splits,
+                          resume=not args.fresh, progress=not args.no_progress)
     t2v = result.best_val.get("t2v", {})
     summary = ", ".join(f"{k} {t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in t2v)
     print(
         f"train: {cfg.head.type} best epoch {result.best_epoch}/{result.epochs_run} "
-        f"({result.metric_name} {result.best_metric:.4f}; val t2v {summary}) -> {out}"
+        f"({result.metric_name} {result.best_metric:.4f}; val t2v {summary}) -> {args.out}"
     )
     return 0

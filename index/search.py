@@ -1,0 +1,82 @@
+"""Interactive retrieval: text queries against a run's index (DLLFA: index top-K, re-ranked)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from index.run_index import Run, load_index_for_run
+from pipeline.extract_job import SOURCES_FILE
+
+
+
+@dataclass
+class Hit:
+    rank: int
+    video_id: str
+    score: float
+    path: str | None
+
+
+class Searcher:
+    """Run, index and text encoders loaded once; each query then costs one encode + one search."""
+
+    def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100):
+        from pipeline.query_encoder import QueryEncoder
+        from pipeline.training_set import head_features
+
+        self.run = Run.load(run_dir)
+        self.index = load_index_for_run(index_dir, self.run)
+        self.features_dir = self.run.source("features", features_dir or self.index.meta.get("extra", {}).get("features"))
+        video_names, text_names = head_features(self.run.config.head)
+        self.queries = QueryEncoder(self.features_dir, text_names, device)
+        self.rerank_k = rerank_k
+        self.videos = None
+        if not getattr(self.run.head, "exact_index", True):
+            from pipeline.training_set import load_video_bank
+
+            self.videos, _ = load_video_bank(self.features_dir, video_names, self.index.ids)
+        self.video_dirs = self._video_dirs()
+
+    def _video_dirs(self) -> list[str]:
+        path = os.path.join(self.features_dir, SOURCES_FILE)
+        return json.load(open(path)).get("video_dirs", []) if os.path.isfile(path) else []
+
+    def video_path(self, video_id: str) -> str | None:
+        for folder in self.video_dirs:
+            found = sorted(glob.glob(glob.escape(os.path.join(folder, video_id)) + ".*"))
+            if found:
+                return found[0]
+        return None
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        from fusion.encode import encode_bank, rerank_scores
+
+        bank = self.queries.bank([text])
+        with torch.no_grad():
+            query = self.run.head.query_embedding(encode_bank(self.run.head, bank, "text")).float().cpu().numpy()
+        depth = min(len(self.index), max(k, self.rerank_k if self.videos is not None else k))
+        scores, positions = self.index.search_positions(query, depth)
+        if self.videos is not None:  # DLLFA stage 2: the full score of the retrieved candidates
+            scores = rerank_scores(self.run.head, bank, self.videos, positions)
+            order = np.argsort(-scores[0], kind="stable")
+            scores, positions = scores[:, order], positions[:, order]
+        hits = []
+        for rank, (score, pos) in enumerate(zip(scores[0][:k], positions[0][:k]), 1):
+            if pos < 0:
+                break
+            video_id = self.index.ids[int(pos)]
+            hits.append(Hit(rank, video_id, float(score), self.video_path(video_id)))
+        return hits
+
+
+def format_hits(query: str, hits: Sequence[Hit]) -> str:
+    lines = [f"query: {query}"]
+    lines += [f"{h.rank:>3}  {h.score:8.4f}  {h.video_id}" + (f"  {h.path}" if h.path else "") for h in hits]
+    return "\n".join(lines)

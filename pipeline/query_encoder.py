@@ -1,0 +1,33 @@
+"""Free text -> the text-side inputs of a trained head (for ``vidfuse search``)."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Sequence
+
+from fusion.data import FeatureBank
+from pipeline.text_job import VOCAB_FILE, encoder_from_manifest, text_feature_dir
+from pipeline.training_set import LEARNED_TEXT_FEATURES
+
+
+class QueryEncoder:
+    """Encoders of every text feature a head reads, loaded once and kept warm."""
+
+    def __init__(self, features_dir: str, text_names: Sequence[str], device: str = "cpu"):
+        self.encoders = {
+            name: encoder_from_manifest(text_feature_dir(features_dir, name), device)
+            for name in text_names
+            if name not in LEARNED_TEXT_FEATURES
+        }
+        self.tokenizer = None
+        if any(name in LEARNED_TEXT_FEATURES for name in text_names):
+            from extractors.text_bow import BowEncoder, BowVocabulary
+
+            vocab = BowVocabulary.load(posixpath.join(text_feature_dir(features_dir, "bow"), VOCAB_FILE))
+            self.tokenizer = BowEncoder(vocab)
+
+    def bank(self, texts: Sequence[str]) -> FeatureBank:
+        bank = FeatureBank(vectors={name: encode(list(texts)) for name, encode in self.encoders.items()})
+        if self.tokenizer is not None:
+            bank.tokens = self.tokenizer.token_ids(list(texts))
+        return bank
