@@ -89,9 +89,9 @@ def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequenc
         raise VidfuseError(f"no manifest.json in {folder}: run `vidfuse extract-text` first")
     name = manifest.name.split("/", 1)[-1]
     if name == "clip":
-        from extractors.registry import build_extractor
+        from pipeline.transforms import build_job_extractor
 
-        return build_extractor("clip", manifest.config, device=device).encode_text
+        return build_job_extractor("clip", manifest.config, device=device).encode_text
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 
