@@ -1,0 +1,110 @@
+"""Run directory files: atomic checkpoint writes, loading a trained head, feature-dim checks.
+
+``checkpoint.pt`` (best epoch): ``model`` state, ``config`` (TrainConfig as a dict),
+``video_dims`` / ``text_dims`` (the features the head reads), ``vocab_size``, ``epoch``,
+``metric_name``, ``best_metric``, ``val`` (that epoch's validation metrics).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX, TOKENS, FeatureBank, feature_dims
+from fusion.factory import build_head
+from fusion.heads import RetrievalHead
+from vidfuse.errors import ConfigError, VidfuseError
+
+CHECKPOINT = "checkpoint.pt"
+LAST = "last.pt"
+
+
+class CheckpointError(VidfuseError):
+    """A run directory or checkpoint that is missing, unreadable or does not fit the data."""
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name beside ``path``, then rename: never a half file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # corrupt/truncated file: say which
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def head_dims(head: RetrievalHead, video_dims: dict[str, int], text_dims: dict[str, int]) -> tuple[dict, dict]:
+    """The dims of exactly the features ``head`` reads (what a checkpoint must match)."""
+    def used(keys, dims):
+        return {k: dims[k] for k in keys if k in dims and not k.endswith(MASK_SUFFIX) and k != TOKENS}
+    return used(head.video_inputs, video_dims), used(head.text_inputs, text_dims)
+
+
+def check_dims(expected: dict[str, int], actual: dict[str, int], side: str, source: str) -> None:
+    """Raise naming the feature and both dims when the data disagrees with a checkpoint."""
+    for name, dim in expected.items():
+        if name not in actual:
+            raise CheckpointError(f"{source} needs {side} feature {name!r} (dim {dim}); the data has {sorted(actual)}")
+        if int(actual[name]) != int(dim):
+            pretty = name.replace(FRAMES_SUFFIX, " (frames)")
+            raise CheckpointError(
+                f"{source} was trained with {side} feature {pretty!r} of dim {dim}, but the data has dim {actual[name]}"
+            )
+
+
+def check_vocab(expected: Optional[int], actual: Optional[int], source: str) -> None:
+    if expected is not None and actual is not None and int(expected) != int(actual):
+        raise CheckpointError(f"{source} was trained with a vocabulary of {expected} tokens, but the data has {actual}")
+
+
+def config_from_dict(schema: type, data: dict, source: str):
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: stored config does not fit this version: {str(exc).splitlines()[0]}") from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = CHECKPOINT):
+    """(head in eval mode on ``device``, TrainConfig, info dict) from a run's best checkpoint.
+
+    ``info``: epoch, metric_name, best_metric, val, video_dims, text_dims, vocab_size, path.
+    """
+    from fusion.trainer import TrainConfig  # trainer imports this module
+
+    path = Path(run_dir)
+    path = path / which if path.is_dir() else path
+    ckpt = load_checkpoint(path)
+    for key in ("model", "config", "video_dims", "text_dims"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} is not a vidfuse checkpoint (no {key!r})")
+    cfg = config_from_dict(TrainConfig, ckpt["config"], str(path))
+    head = build_head(cfg.head, ckpt["video_dims"], ckpt["text_dims"], ckpt.get("vocab_size"))
+    head.load_state_dict(ckpt["model"])
+    head.to(device).eval()
+    info = {k: ckpt.get(k) for k in ("epoch", "metric_name", "best_metric", "val", "video_dims", "text_dims", "vocab_size")}
+    info["path"] = str(path)
+    return head, cfg, info
+
+
+def check_banks(info: dict, videos: Optional[FeatureBank] = None, texts: Optional[FeatureBank] = None,
+                vocab_size: Optional[int] = None) -> None:
+    """Refuse feature banks whose dims differ from what a loaded run was trained on."""
+    source = info.get("path", "checkpoint")
+    if videos is not None:
+        check_dims(info["video_dims"], feature_dims(videos), "video", source)
+    if texts is not None:
+        check_dims(info["text_dims"], feature_dims(texts), "text", source)
+    check_vocab(info.get("vocab_size"), vocab_size, source)

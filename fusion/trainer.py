@@ -1,0 +1,355 @@
+"""Fits a fusion head on in-memory features: the core of ``vidfuse train``.
+
+Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch),
+``checkpoint.pt`` (best validation epoch, see :mod:`fusion.checkpoint`) and ``last.pt``
+(model, optimiser, lr controller, AMP scaler, RNG states, early-stop state), both written
+atomically every epoch.
+
+Resume is exact: the caption order of an epoch is a permutation drawn from
+``(seed, epoch)`` and torch's RNG (dropout) is reseeded from the same pair at every epoch
+start, so a run killed after epoch N and resumed reproduces the uninterrupted run's
+metrics and weights. Batches are caption batches; their videos are the distinct videos of
+those captions, and ``positives`` marks every caption-video pair that belongs together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusion.checkpoint import (CHECKPOINT, LAST, CheckpointError, check_dims, check_vocab, head_dims, load_checkpoint,
+                               save_atomic)
+from fusion.config import HeadConfig
+from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feature_dims
+from fusion.encode import embedding_similarity, encode_bank
+from fusion.factory import build_head, uses_tokens
+from fusion.heads import RetrievalHead
+from fusion.optim import LrController, OptimConfig, build_optimizer, resolve_optim
+from vidfuse.config import config_to_dict, save_config
+from vidfuse.errors import ConfigError, VidfuseError
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = ("MedR", "MeanR")
+# settings that may change between a run and its resumption (they do not alter the trajectory)
+RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "num_workers", "val_batch_size")
+
+
+@dataclass
+class TrainConfig:
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 80
+    batch_size: int = 64  # captions per step
+    seed: int = 0
+    early_stop: int = 10  # stop after this many epochs without improvement of val_metric; 0 = never
+    val_metric: str = "t2v/mIR"  # "<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>"
+    val_batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)
+    num_workers: int = 0  # DataLoader workers collating batches (h5py banks: keep 0)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_metric: float
+    metric_name: str
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict]
+    best_val: dict
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Checks the run-level settings and fills the optimiser recipe (returns a new config)."""
+    side, _, name = cfg.val_metric.partition("/")
+    if side not in ("t2v", "v2t") or name not in ("R@1", "R@5", "R@10", "MedR", "MeanR", "mIR", "mAP", "rsum"):
+        raise ConfigError(f"val_metric {cfg.val_metric!r} is not '<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>'")
+    for key in ("epochs", "batch_size", "val_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
+    out = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+    out.optim = resolve_optim(cfg.optim, cfg.head.type)
+    return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def epoch_batches(captions: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Caption batches of one epoch: a permutation drawn from (seed, epoch) alone.
+
+    A trailing batch of a single caption is dropped (BatchNorm needs two samples).
+    """
+    order = np.random.default_rng(_epoch_seed(seed, epoch)).permutation(np.asarray(captions))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Collates caption batch i: (text batch, video batch, positives [Bt, Bv])."""
+
+    def __init__(self, data: TrainData, batches: list[np.ndarray], head: RetrievalHead):
+        self.data, self.batches = data, batches
+        self.vkeys, self.tkeys = head.video_inputs, head.text_inputs
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        caps = self.batches[i]
+        cap_vid = np.asarray(self.data.caption_video)[caps]
+        vids, local = np.unique(cap_vid, return_inverse=True)
+        positives = torch.from_numpy(local[:, None] == np.arange(len(vids))[None, :])
+        return (collate_texts(self.data.texts, caps, self.tkeys),
+                collate_videos(self.data.videos, vids, self.vkeys), positives)
+
+
+def _loader(ds: _Batches, cfg: TrainConfig, device: torch.device):
+    if cfg.num_workers <= 0:
+        return (ds[i] for i in range(len(ds)))
+    return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def _amp(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    if not (cfg.amp and device.type == "cuda"):
+        return False, torch.float32
+    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_size: int = 256,
+             device: Optional[torch.device] = None) -> dict:
+    """t2v and v2t metrics of ``captions`` against their videos (full score, chunked)."""
+    from index.metrics import t2v_v2t_metrics
+
+    captions = np.asarray(captions, dtype=np.int64)
+    cap_vid = np.asarray(data.caption_video)[captions]
+    videos, targets = np.unique(cap_vid, return_inverse=True)
+    video_emb = encode_bank(head, data.videos, "video", videos, batch_size, device)
+    text_emb = encode_bank(head, data.texts, "text", captions, batch_size, device)
+    sim = embedding_similarity(head, text_emb, video_emb, batch_size)
+    return t2v_v2t_metrics(sim, targets.astype(np.int64))
+
+
+def _metric(val: dict, name: str) -> float:
+    side, _, key = name.partition("/")
+    return float(val[side][key])
+
+
+def _better(a: float, b: Optional[float], name: str) -> bool:
+    if b is None or math.isnan(b):
+        return not math.isnan(a)
+    return a < b if name.split("/")[-1] in LOWER_IS_BETTER else a > b
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        full = f"{prefix}{key}"
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_differences(a, b, full + ".")
+        elif a != b:
+            diffs.append(f"{full} was {a!r}, now {b!r}")
+    return diffs
+
+
+def _read_history(path: Path, upto: int) -> list[dict]:
+    """metrics.jsonl lines of epochs <= upto (a kill after the line but before last.pt)."""
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r.get("epoch", 0) <= upto]
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool = True, progress: bool = True,
+          stop_after: Optional[int] = None) -> TrainResult:
+    """Train ``cfg.head`` on ``data``; returns the best epoch's result.
+
+    ``resume``: continue from ``out_dir/last.pt`` when present (refused if the head/optim/
+    batch/seed settings or the feature dims differ). ``stop_after``: return after this
+    epoch as if killed (for tests and time-sliced jobs); a later call resumes.
+    """
+    data.validate()
+    cfg = resolve_config(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    video_dims, text_dims = feature_dims(data.videos), feature_dims(data.texts)
+    vocab = data.vocab_size if uses_tokens(cfg.head) else None
+    if uses_tokens(cfg.head) and data.texts.tokens is None:
+        raise VidfuseError("the text side uses the 'gru' feature but the text data has no token ids")
+    cfg_dict = config_to_dict(cfg)
+
+    last_path, metrics_path = out / LAST, out / "metrics.jsonl"
+    state: Optional[dict] = None
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        diffs = _config_differences(state["config"], cfg_dict)
+        if diffs:
+            raise CheckpointError(f"cannot resume {out}: {'; '.join(diffs)} (start a new run, or resume=False)")
+        check_dims(state["video_dims"], video_dims, "video", str(last_path))
+        check_dims(state["text_dims"], text_dims, "text", str(last_path))
+        check_vocab(state.get("vocab_size"), vocab, str(last_path))
+
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg.head, video_dims, text_dims, vocab,
+                      data.word_embeddings if (state is None and vocab) else None).to(device)
+    used_video, used_text = head_dims(head, video_dims, text_dims)
+    trainable = [p for p in head.parameters() if p.requires_grad]
+    optimizer = build_optimizer(head, cfg.optim, head.no_weight_decay()) if trainable else None
+    batches_per_epoch = len(epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, 1))
+    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch) if optimizer else None
+    use_amp, amp_dtype = _amp(cfg, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    epoch, best, best_epoch, bad, stopped = 0, None, 0, 0, False
+    history: list[dict] = []
+    if state is not None:
+        head.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            lr_ctrl.load_state_dict(state["lr"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        epoch, best, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
+        bad, stopped = state["bad_epochs"], state["stopped_early"]
+        history = _read_history(metrics_path, epoch)
+        log.info("resuming %s after epoch %d (best %s=%.4f at epoch %d)", out, epoch, cfg.val_metric,
+                 best if best is not None else float("nan"), best_epoch)
+    save_config(cfg, out / "config.yaml")
+    _write_history(metrics_path, history)
+
+    has_val = len(data.val_captions) > 0
+    if not has_val:
+        log.warning("no validation captions: the last epoch is kept as the best checkpoint")
+    last_epoch = cfg.epochs if trainable else 1
+    if not trainable:
+        log.info("%s has no trainable parameters: evaluating only", cfg.head.type)
+
+    epochs_bar = tqdm(total=last_epoch, initial=min(epoch, last_epoch), desc=f"train {cfg.head.type}", unit="epoch",
+                      disable=not progress)
+    while epoch < last_epoch and not stopped:
+        if stop_after is not None and epoch >= stop_after:
+            break
+        epoch += 1
+        t0 = time.time()
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        head.train()
+        batches = epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, epoch)
+        total, terms, n = 0.0, {}, 0
+        bar = tqdm(_loader(_Batches(data, batches, head), cfg, device), total=len(batches), leave=False,
+                   desc=f"epoch {epoch}", unit="batch", disable=not progress)
+        for text_b, video_b, positives in bar:
+            text_b, video_b = batch_to(text_b, device), batch_to(video_b, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                with torch.set_grad_enabled(optimizer is not None):
+                    loss, info = head.loss(head.encode_text(text_b), head.encode_video(video_b), positives.to(device))
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                head.post_step()
+                lr_ctrl.step()
+            total += float(loss.detach())
+            for k, v in info.items():
+                terms[k] = terms.get(k, 0.0) + v
+            n += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.close()
+
+        record: dict[str, Any] = {"epoch": epoch, "loss": total / max(n, 1),
+                                  "terms": {k: v / max(n, 1) for k, v in terms.items()},
+                                  "lr": lr_ctrl.lr if lr_ctrl else 0.0}
+        if has_val:
+            val = validate(head, data, data.val_captions, cfg.val_batch_size, device)
+            record.update(val)
+            value = _metric(val, cfg.val_metric)
+        else:
+            val, value = {}, -record["loss"]
+        improved = _better(value, best, cfg.val_metric) or not has_val
+        record.update({"val_metric": value if has_val else None, "best": improved})
+        if improved:
+            best, best_epoch, bad = value, epoch, 0
+            save_atomic({"model": head.state_dict(), "config": cfg_dict, "video_dims": used_video,
+                         "text_dims": used_text, "vocab_size": vocab, "epoch": epoch, "metric_name": cfg.val_metric,
+                         "best_metric": value if has_val else None, "val": val}, out / CHECKPOINT)
+        else:
+            bad += 1
+        if lr_ctrl:
+            lr_ctrl.end_epoch(improved)
+        stopped = bool(has_val and cfg.early_stop and bad >= cfg.early_stop)
+        history.append(record)
+        _write_history(metrics_path, history)
+        save_atomic({"model": head.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+                     "lr": lr_ctrl.state_dict() if lr_ctrl else None, "scaler": scaler.state_dict(),
+                     "rng": _rng_state(), "epoch": epoch, "best_metric": best, "best_epoch": best_epoch,
+                     "bad_epochs": bad, "stopped_early": stopped, "config": cfg_dict, "video_dims": used_video,
+                     "text_dims": used_text, "vocab_size": vocab}, last_path)
+        epochs_bar.update(1)
+        shown = {"loss": f"{record['loss']:.4f}"}
+        if has_val:
+            shown.update({cfg.val_metric: f"{value:.4f}", "t2v R@1": f"{val['t2v']['R@1']:.1f}",
+                          "rsum": f"{val['t2v']['rsum']:.1f}"})
+        epochs_bar.set_postfix(shown)
+        log.info("epoch %d: %s (%.1fs)%s", epoch, shown, time.time() - t0, " [best]" if improved else "")
+        if stopped:
+            log.info("early stop: %d epochs without improvement of %s", bad, cfg.val_metric)
+    epochs_bar.close()
+
+    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
+    return TrainResult(run_dir=out, best_epoch=best_epoch, best_metric=best if best is not None else float("nan"),
+                       metric_name=cfg.val_metric, epochs_run=epoch, stopped_early=stopped, history=history,
+                       best_val={k: best_record[k] for k in ("t2v", "v2t") if k in best_record})
