@@ -178,6 +178,19 @@ def test_preprocess_keeps_aspect_and_crops_the_centre():
     assert tall[..., 3:-3, :].min() > 0.97
 
 
+def test_clip_preprocess_matches_open_clips_pil_pipeline(tiny):
+    """Same pixels as open_clip's eval transform (PIL bicubic resize, centre crop), to one grey level."""
+    import open_clip
+    from PIL import Image
+
+    ex = tiny["clip"]
+    frames = random_frames(3, 45, 97, seed=5)
+    reference = open_clip.image_transform(64, is_train=False, mean=ex.transform.mean, std=ex.transform.std)
+    expected = torch.stack([reference(Image.fromarray(f)) for f in frames])
+    grey = (ex.preprocess(frames) - expected).abs() * torch.tensor(ex.transform.std).view(1, 3, 1, 1) * 255
+    assert grey.max() <= 2.001 and grey.mean() < 0.05  # rounding differences of the two resamplers
+
+
 def test_preprocess_normalises_with_the_models_statistics(tiny):
     gray = np.full((4, 40, 50, 3), 128, dtype=np.uint8)
     for name, ex in tiny.items():
