@@ -125,8 +125,14 @@ def _duplicate_ids(paths: Sequence[str], video_dir: str) -> dict[str, str]:
     return rejected
 
 
-def _merge_dead_letters(out_dir: str, prefix: str, present: dict[str, set[str]]) -> tuple[str, int]:
-    """Fold this run's dead letters into errors.jsonl; drop entries that have since succeeded."""
+def _merge_dead_letters(
+    out_dir: str, prefix: str, present: dict[str, set[str]], rejected: dict[str, str]
+) -> tuple[str, int]:
+    """Fold this run's dead letters into errors.jsonl; drop entries that have since succeeded.
+
+    A path ``rejected`` for a duplicate id stays listed although its id is present: the row
+    holding that id came from the other file.
+    """
     errors_path = posixpath.join(out_dir, ERRORS_FILE)
     entries: dict[tuple[str, str], dict] = {}
     if FileSystems.exists(errors_path):
@@ -145,7 +151,9 @@ def _merge_dead_letters(out_dir: str, prefix: str, present: dict[str, set[str]])
                     entries[(record["path"], record["extractor"])] = record
                     new_failures.add(record["path"])
     entries = {
-        key: rec for key, rec in entries.items() if rec["video_id"] not in present.get(rec["extractor"], ())
+        key: rec
+        for key, rec in entries.items()
+        if rec["path"] in rejected or rec["video_id"] not in present.get(rec["extractor"], ())
     }
     tmp = f"{errors_path}.tmp-{uuid.uuid4().hex[:8]}"
     with FileSystems.create(tmp) as handle:
@@ -278,7 +286,7 @@ def run_extraction(
                 {posixpath.basename(posixpath.splitext(p)[0]) for f in formats for p in list_shards(out_dirs[n], f)}
             )
             write_manifest(out_dirs[n], manifests[n])
-        errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present)
+        errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present, rejected)
         _record_source(out_dir, video_dir)
 
     counters = Counter()
