@@ -23,39 +23,44 @@ def _device(head: RetrievalHead, device: Optional[torch.device | str]) -> torch.
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def encode_bank(head: RetrievalHead, bank: FeatureBank, side: str, idx: Optional[np.ndarray] = None,
-                batch_size: int = 256, device: Optional[torch.device | str] = None) -> Embedding:
-    """The head's structured embedding of rows ``idx`` (all rows by default) of one side."""
+def _batches(head: RetrievalHead, bank: FeatureBank, side: str, idx: Optional[np.ndarray], batch_size: int,
+             device: Optional[torch.device | str]):
+    """Yields the head's embedding of consecutive row batches (head in eval mode meanwhile)."""
     if side not in ("video", "text"):
         raise ValueError(f"side must be 'video' or 'text', not {side!r}")
     dev = _device(head, device)
     idx = np.arange(len(bank)) if idx is None else np.asarray(idx, dtype=np.int64)
-    was_training = head.training
-    head.eval()
     collate, keys = (collate_videos, head.video_inputs) if side == "video" else (collate_texts, head.text_inputs)
     encode = head.encode_video if side == "video" else head.encode_text
-    parts = []
+    was_training = head.training
+    head.eval()
     try:
-        for s in range(0, len(idx), batch_size):
-            parts.append(encode(batch_to(collate(bank, idx[s : s + batch_size], keys), dev)))
+        with torch.no_grad():
+            for s in range(0, len(idx), batch_size):
+                yield encode(batch_to(collate(bank, idx[s : s + batch_size], keys), dev))
     finally:
         head.train(was_training)
-    return cat_embeddings(parts)
+
+
+def encode_bank(head: RetrievalHead, bank: FeatureBank, side: str, idx: Optional[np.ndarray] = None,
+                batch_size: int = 256, device: Optional[torch.device | str] = None) -> Embedding:
+    """The head's structured embedding of rows ``idx`` (all rows by default) of one side."""
+    return cat_embeddings(_batches(head, bank, side, idx, batch_size, device))
 
 
 def encode_videos(head: RetrievalHead, bank: FeatureBank, batch_size: int = 256, idx: Optional[np.ndarray] = None,
                   device: Optional[torch.device | str] = None) -> np.ndarray:
-    """Index embeddings ``[N, D_index]`` float32 (what FAISS stores)."""
-    emb = encode_bank(head, bank, "video", idx, batch_size, device)
-    return _np(head.index_embedding(emb)) if emb else np.zeros((0, 0), np.float32)
+    """Index embeddings ``[N, D_index]`` float32 (what FAISS stores); batch by batch, so a
+    head's larger per-video state (DLLFA's frame keys/values) never exists for all videos."""
+    parts = [_np(head.index_embedding(e)) for e in _batches(head, bank, "video", idx, batch_size, device)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def encode_texts(head: RetrievalHead, bank: FeatureBank, batch_size: int = 256, idx: Optional[np.ndarray] = None,
                  device: Optional[torch.device | str] = None) -> np.ndarray:
     """Query embeddings ``[N, D_index]`` float32 (inner product = stage-1 score)."""
-    emb = encode_bank(head, bank, "text", idx, batch_size, device)
-    return _np(head.query_embedding(emb)) if emb else np.zeros((0, 0), np.float32)
+    parts = [_np(head.query_embedding(e)) for e in _batches(head, bank, "text", idx, batch_size, device)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

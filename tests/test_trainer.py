@@ -272,3 +272,12 @@ def test_train_data_validation_names_the_problem(tmp_path):
     data.videos = FeatureBank(vectors={"clip": np.zeros((4, 32), np.float32), "x3d": np.zeros((3, 24), np.float32)})
     with pytest.raises(DataError, match="x3d"):
         data.validate()
+
+
+def test_dataloader_workers_give_the_same_run(tmp_path):
+    data = random_data(6, val_videos=2)
+    cfg = tiny_train_config("laff", epochs=1, batch_size=4)
+    inline = train(cfg, data, tmp_path / "a", progress=False)
+    cfg.num_workers = 1
+    workers = train(cfg, data, tmp_path / "b", progress=False)
+    assert inline.history == workers.history
