@@ -20,11 +20,9 @@ text x video pairs, so an N x M score matrix never holds N*M*D floats at once.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fusion.config import DllfaConfig
 from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX
