@@ -232,7 +232,7 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
-    from pipeline.shards import existing_ids, list_shards
+    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards
     from pipeline.manifest import write_manifest
 
     names = list(extractors or config.extractors.keys())
@@ -248,6 +248,8 @@ def run_extraction(
         out_dirs = {n: posixpath.join(out_dir, n) for n in names}
         built = {n: build_job_extractor(n, config.extractors[n], device="cpu") for n in names}
         manifests = {n: _prepare_manifest(n, built[n], out_dirs[n], formats) for n in names}
+        for n in names:  # what a killed run left: temp files, shards missing a format twin
+            remove_incomplete_shards(out_dirs[n], formats)
         done = {n: existing_ids(out_dirs[n]) for n in names}
         rejected = _duplicate_ids(paths, video_dir)
         ids = [video_id_for(p, video_dir) for p in paths if p not in rejected]

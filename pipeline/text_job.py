@@ -21,7 +21,7 @@ from pipeline.captions import Caption, read_captions
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
-from pipeline.shards import FeatureRow, existing_ids, new_shard_name, write_shard
+from pipeline.shards import FeatureRow, existing_ids, new_shard_name, remove_incomplete_shards, write_shard
 from pipeline.splits import find_split_files, read_split
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError, VidfuseError
@@ -115,6 +115,7 @@ def _encode_missing(
     progress: bool,
 ) -> int:
     """Encode the captions not yet in ``out_dir``; one shard per ``shard_size`` captions."""
+    remove_incomplete_shards(out_dir, manifest.formats)  # what a killed run left
     present = existing_ids(out_dir, manifest.formats)
     todo = [c for c in captions if c.caption_id not in present]
     written = 0
