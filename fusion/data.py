@@ -142,7 +142,7 @@ def take_rows(arr: Any, idx: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32) if rows.dtype != np.float32 else rows
 
 
-def _ragged(matrix: Any, offsets: Any, idx: np.ndarray, what: str) -> list[np.ndarray]:
+def _ragged(matrix: Any, offsets: Any, idx: np.ndarray) -> list[np.ndarray]:
     offsets = np.asarray(offsets)
     out = []
     for i in idx:
@@ -177,7 +177,7 @@ def collate_videos(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[
             batch[name] = torch.from_numpy(np.ascontiguousarray(take_rows(arr, idx)))
     for name, (matrix, offsets) in bank.frames.items():
         if _wanted(names, name + FRAMES_SUFFIX) or _wanted(names, name + MASK_SUFFIX):
-            seqs = _ragged(matrix, offsets, idx, name)
+            seqs = _ragged(matrix, offsets, idx)
             empty = [int(i) for i, s in zip(idx, seqs) if len(s) == 0]
             if empty:
                 raise DataError(f"video row {empty[0]} has no frames for feature {name!r}")
@@ -199,10 +199,10 @@ def collate_texts(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[s
             batch[name] = torch.from_numpy(np.ascontiguousarray(take_rows(arr, idx)))
     for name, (matrix, offsets) in bank.frames.items():
         if _wanted(names, name + FRAMES_SUFFIX):
-            frames, mask = _pad(_ragged(matrix, offsets, idx, name), torch.float32)
+            frames, mask = _pad(_ragged(matrix, offsets, idx), torch.float32)
             batch[name + FRAMES_SUFFIX], batch[name + MASK_SUFFIX] = frames, mask
     if bank.tokens is not None and _wanted(names, TOKENS):
-        seqs = _ragged(bank.tokens[0], bank.tokens[1], idx, TOKENS)
+        seqs = _ragged(bank.tokens[0], bank.tokens[1], idx)
         ids, mask = _pad(seqs, torch.long)
         lengths = mask.sum(1)
         mask[:, 0] |= lengths == 0  # an empty caption reads as one padding token
