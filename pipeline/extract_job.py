@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import threading
 import time
 import uuid
@@ -25,13 +26,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures, build_job_extractor
-from pipeline.video_files import list_videos, normalise_dir, video_id_for
+from pipeline.video_files import is_local, list_videos, normalise_dir, video_id_for
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
+DEAD_LETTERS_DIR = "_dead_letters"  # this run's dead-letter files until merged into errors.jsonl
 SOURCES_FILE = "sources.json"  # video folders extracted into this features folder
 KNOWN_FORMATS = ("parquet", "hdf5")
 
@@ -123,6 +125,17 @@ def _duplicate_ids(paths: Sequence[str], video_dir: str) -> dict[str, str]:
         else:
             seen[vid] = path
     return rejected
+
+
+def _remove_tree(folder: str) -> None:
+    """Delete ``folder`` and everything under it, if present (object stores: every object under it)."""
+    if is_local(folder):
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        return
+    found = FileSystems.match([posixpath.join(folder, "**")])[0].metadata_list
+    if found:
+        FileSystems.delete([m.path for m in found])
 
 
 def _merge_dead_letters(
@@ -257,7 +270,9 @@ def run_extraction(
         log.info("%d videos found, %d already extracted, %d to do", len(paths), len(ids) - len(pending), len(pending))
 
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        dead_prefix = posixpath.join(out_dir, "_dead_letters", f"run-{run_id}")
+        dead_dir = posixpath.join(out_dir, DEAD_LETTERS_DIR)
+        _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
+        dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
         pipeline = beam.Pipeline(options=beam_options(beam_args))
         _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
             video_dir,
@@ -289,6 +304,7 @@ def run_extraction(
             )
             write_manifest(out_dirs[n], manifests[n])
         errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present, rejected)
+        _remove_tree(dead_dir)
         _record_source(out_dir, video_dir)
 
     counters = Counter()
