@@ -45,7 +45,12 @@ def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: st
 
 
 def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
-    """(encode function, manifest fields) of one text encoder."""
+    """(encode function, manifest fields, writer of its side files) of one text encoder.
+
+    Side files (the bow vocabulary) are written by the caller only once the folder's existing
+    manifest accepted the new one: a refused rerun must not replace the vocabulary that the
+    folder's shards were encoded with.
+    """
     if name == "clip":
         from pipeline.transforms import build_job_extractor
 
@@ -56,17 +61,16 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
         settings = config_to_dict(clip.config)
         fields = dict(model=described["model"], weights=described["weights"], dim=described["dim"],
                       config=settings, config_hash=config_hash(settings), extra={})
-        return clip.encode_text, fields
+        return clip.encode_text, fields, lambda: None
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 
         vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
-        vocab.save(posixpath.join(out_dir, VOCAB_FILE))
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
                       config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE})
-        return BowEncoder(vocab).encode, fields
+        return BowEncoder(vocab).encode, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -74,7 +78,7 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
         settings = asdict(config.text.w2v)
         fields = dict(model="word2vec", weights=str(config.text.w2v.path), dim=encoder.dim,
                       config=settings, config_hash=config_hash(settings), extra={})
-        return encoder.encode, fields
+        return encoder.encode, fields, lambda: None
     raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
 
 
@@ -156,13 +160,14 @@ def run_text_extraction(
     with exclusive_folder(posixpath.join(out_dir, "text"), "extract-text job"):
         for name in names:
             folder = text_feature_dir(out_dir, name)
-            encode, fields = _encoder(name, config, captions, captions_path, splits_dir, folder, device)
+            encode, fields, write_side_files = _encoder(name, config, captions, captions_path, splits_dir, folder, device)
             manifest = Manifest(name=f"text/{name}", kind="text", level="sentence", sampling={},
                                 versions=library_versions(), formats=formats, **fields)
             existing = read_manifest(folder)
             if existing is not None:
                 check_compatible(existing, manifest)
                 manifest.formats, manifest.shards = list(existing.formats), list(existing.shards)
+            write_side_files()
             write_manifest(folder, manifest)
             written[name] = _encode_missing(
                 name, encode, manifest, captions, folder, config.text.batch_size, config.text.shard_size, progress
