@@ -239,6 +239,7 @@ def retrieval_ranks(
             raise ValueError(f"score rows [{off}, {end}) given twice")
         best[off:end], ap[off:end] = _chunk_stats(chunk, idx[off:end], mask[off:end], ties)
         seen[off:end] = True
+        del chunk  # free it before the next chunk is produced
     if not seen.all():
         raise ValueError(f"no scores for query {int(np.argmin(seen))} (of {n})")
     return best, ap
@@ -396,6 +397,7 @@ def t2v_v2t_metrics(
         t2v_best[s:e], t2v_ap[s:e] = _chunk_stats(X, t_idx[s:e], t_mask[s:e], ties)
         own = own.astype(X.dtype, copy=False)  # keep the chunk's dtype: comparisons stay exact
         own[s:e] = X[np.arange(e - s), cap_vid[s:e]]
+        del X  # free it before the next chunk is produced
     # Pass 2: v2t, counting each video's irrelevant captions above each relevant one.
     slot, counts = _video_slots(cap_vid, n_vid)
     r_max = max(int(counts.max()) if n_vid else 0, 1)
@@ -408,6 +410,7 @@ def t2v_v2t_metrics(
     for s, e in ranges:
         X = np.asarray(rows(s, e))
         _v2t_counts(X, s, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge)
+        del X
     has = counts > 0
     if not has.all():
         log.warning("%d of %d videos have no caption; left out of video->text", int((~has).sum()), n_vid)
