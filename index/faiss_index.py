@@ -136,8 +136,9 @@ class VideoIndex:
     """A FAISS index plus the video id of every row and the metadata needed to trust it.
 
     ``index`` is the live faiss.Index (on GPU when built/loaded that way), ``ids[i]`` the video
-    id of faiss row i, ``meta`` a JSON-able dict: run, head, dim, factory, metric, count,
-    created, faiss_version, search_params, device, train_rows, extra.
+    id of faiss row i, ``meta`` a JSON-able dict: format_version, run, head, dim, factory,
+    metric, count, created, faiss_version, train_rows, seed, search_params (e.g. nprobe,
+    re-applied on load), extra (the caller's own keys). ``device`` says where it runs.
     Scores: inner product for metric "ip" (higher = better), squared L2 distance for "l2"
     (lower = better), exactly as FAISS returns them.
     """
