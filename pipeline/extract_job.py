@@ -21,7 +21,7 @@ from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
@@ -73,6 +73,23 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
         if not given("--direct_num_workers"):
             args.append(f"--direct_num_workers={os.cpu_count() or 1}")
     return PipelineOptions(args)
+
+
+def worker_torch_threads(options: PipelineOptions) -> int | None:
+    """torch threads per worker process when the DirectRunner runs N local worker processes.
+
+    Left at torch's default (every core), N workers ran N x cores threads on the cores, and
+    oversubscribed OpenMP threads spin against each other: on 2 cores, 2 workers were
+    slower than 1. The cores are shared out instead. None (torch's default) for the other
+    modes and runners, which size their own machines.
+    """
+    direct = options.view_as(DirectOptions)
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner not in ("directrunner", "direct") or direct.direct_running_mode != "multi_processing":
+        return None
+    cores = os.cpu_count() or 1
+    workers = direct.direct_num_workers or cores  # 0: one per core, as the runner reads it
+    return max(1, cores // workers)
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:
@@ -273,7 +290,8 @@ def run_extraction(
         dead_dir = posixpath.join(out_dir, DEAD_LETTERS_DIR)
         _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
         dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
-        pipeline = beam.Pipeline(options=beam_options(beam_args))
+        options = beam_options(beam_args)
+        pipeline = beam.Pipeline(options=options)
         _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
             video_dir,
             out_dirs,
@@ -290,6 +308,7 @@ def run_extraction(
             batch_videos=batch_videos,
             device=device,
             dead_letter_prefix=dead_prefix,
+            torch_threads=worker_torch_threads(options),
         )
         del built  # the launcher's copies were for checking weights and describing; workers load their own
         before = {n: len(done[n]) for n in names}

@@ -181,16 +181,24 @@ class DecodeAndSample(beam.PTransform):
 
 
 class _EmbedFn(beam.DoFn):
-    """Batch of decoded videos -> FeatureRows; the model is built once per worker (setup)."""
+    """Batch of decoded videos -> FeatureRows; the model is built once per worker (setup).
 
-    def __init__(self, name: str, config: Mapping[str, Any], device: str):
+    ``torch_threads``: torch's intra-op threads in this worker process (None: torch's default).
+    """
+
+    def __init__(self, name: str, config: Mapping[str, Any], device: str, torch_threads: int | None = None):
         self.name = name
         self.config = dict(config)
         self.device = device
+        self.torch_threads = torch_threads
         self.extractor = None
         self.embedded = Metrics.counter(METRICS_NAMESPACE, f"{name}_embedded")
 
     def setup(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         self.extractor = build_job_extractor(self.name, self.config, device=self.device)
 
     def process(self, batch: Sequence[DecodedVideo]) -> Iterator[Any]:
@@ -218,15 +226,18 @@ class _EmbedFn(beam.DoFn):
 class EmbedVideos(beam.PTransform):
     """Decoded videos of one extractor -> FeatureRows, embedded in batches of ``batch_videos``."""
 
-    def __init__(self, name: str, config: Mapping[str, Any], device: str, batch_videos: int):
+    def __init__(
+        self, name: str, config: Mapping[str, Any], device: str, batch_videos: int, torch_threads: int | None = None
+    ):
         super().__init__()
         self.name, self.config, self.device, self.batch_videos = name, config, device, batch_videos
+        self.torch_threads = torch_threads
 
     def expand(self, decoded):
         return (
             decoded
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_videos)
-            | "Embed" >> beam.ParDo(_EmbedFn(self.name, self.config, self.device))
+            | "Embed" >> beam.ParDo(_EmbedFn(self.name, self.config, self.device, self.torch_threads))
         )
 
 
@@ -298,6 +309,7 @@ class ExtractFeatures(beam.PTransform):
         batch_videos: int,
         device: str,
         dead_letter_prefix: str,
+        torch_threads: int | None = None,
     ):
         super().__init__()
         self.video_dir = video_dir
@@ -311,6 +323,7 @@ class ExtractFeatures(beam.PTransform):
         self.fallback = fallback
         self.shard_size, self.batch_videos, self.device = shard_size, batch_videos, device
         self.dead_letter_prefix = dead_letter_prefix
+        self.torch_threads = torch_threads
 
     def expand(self, pbegin):
         decoded = (
@@ -325,7 +338,7 @@ class ExtractFeatures(beam.PTransform):
         for name, config in self.extractor_configs.items():
             written.append(
                 decoded[name]
-                | f"Embed[{name}]" >> EmbedVideos(name, config, self.device, self.batch_videos)
+                | f"Embed[{name}]" >> EmbedVideos(name, config, self.device, self.batch_videos, self.torch_threads)
                 | f"Write[{name}]" >> WriteFeatureShards(
                     self.out_dirs[name], self.formats, self.manifest_hashes[name], self.shard_size
                 )
