@@ -38,6 +38,7 @@ from pipeline.transforms import build_job_extractor
 from vidfuse.cli import main
 
 TINY_DIMS = {"clip": 64, "x3d": 128, "ircsn": 256}  # configs/extract/tiny.yaml
+ONE_WORKER_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_killed_job_resumes_to_the_rows_of_an_uninterrupted_run(synth, reference
     log = open(tmp_path / "job.log", "w")
     # One shard per video, one Beam worker process: shards appear one by one.
     proc = subprocess.Popen(
-        cli_command(*_extract_args(synth.videos_dir, out, "--set", "output.shard_size=1", "--direct_num_workers=1")),
+        cli_command(*_extract_args(synth.videos_dir, out, "--set", "output.shard_size=1", *ONE_WORKER_PROCESS)),
         start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -261,7 +262,7 @@ def test_second_job_on_the_same_folder_is_refused(synth, tmp_path, capsys):
     log = open(tmp_path / "first.log", "w")
     # A Beam worker process to start keeps the first job holding the lock for seconds.
     first = subprocess.Popen(
-        cli_command(*_extract_args(synth.videos_dir, out, "--direct_num_workers=1")),
+        cli_command(*_extract_args(synth.videos_dir, out, *ONE_WORKER_PROCESS)),
         start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )
     lock = out / LOCK_NAME
@@ -281,3 +282,23 @@ def test_second_job_on_the_same_folder_is_refused(synth, tmp_path, capsys):
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         log.close()
+
+
+# ------------------------------------------------------------------ Beam options
+def test_beam_options_defaults_and_threads_per_worker(monkeypatch):
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipeline.extract_job import beam_options, worker_torch_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    default = beam_options([])
+    assert default.view_as(StandardOptions).runner == "DirectRunner"
+    direct = default.view_as(DirectOptions)
+    assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 8)
+    assert worker_torch_threads(default) == 1  # 8 workers share 8 cores
+    assert worker_torch_threads(beam_options(["--direct_num_workers=2"])) == 4
+    one = beam_options(["--direct_num_workers=1"])  # runs in this process: no worker start-up
+    assert one.view_as(DirectOptions).direct_running_mode == "in_memory" and worker_torch_threads(one) is None
+    forced = beam_options(ONE_WORKER_PROCESS)
+    assert forced.view_as(DirectOptions).direct_running_mode == "multi_processing" and worker_torch_threads(forced) == 8
+    assert worker_torch_threads(beam_options(["--runner=DataflowRunner"])) is None
