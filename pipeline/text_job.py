@@ -21,7 +21,14 @@ from pipeline.captions import Caption, read_captions
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
-from pipeline.shards import FeatureRow, existing_ids, new_shard_name, remove_incomplete_shards, write_shard
+from pipeline.shards import (
+    FeatureRow,
+    existing_ids,
+    new_shard_name,
+    normalize_format,
+    remove_incomplete_shards,
+    write_shard,
+)
 from pipeline.splits import find_split_files, read_split
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError, VidfuseError
@@ -155,7 +162,8 @@ def run_text_extraction(
     if unknown:
         raise ConfigError(f"unknown text encoder(s) {unknown}; choose from {list(TEXT_ENCODERS)}")
     captions = read_captions(captions_path)
-    formats = list(formats or config.output.formats)
+    # checked before anything is written: a manifest naming an unknown format would refuse every rerun
+    formats = list(dict.fromkeys(normalize_format(f) for f in (formats or config.output.formats)))
     written = {}
     with exclusive_folder(posixpath.join(out_dir, "text"), "extract-text job"):
         for name in names:
