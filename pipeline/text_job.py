@@ -24,6 +24,7 @@ from pipeline.manifest import Manifest, check_compatible, library_versions, read
 from pipeline.shards import (
     FeatureRow,
     existing_ids,
+    list_shards,
     new_shard_name,
     normalize_format,
     remove_incomplete_shards,
@@ -179,6 +180,10 @@ def run_text_extraction(
             write_manifest(folder, manifest)
             written[name] = _encode_missing(
                 name, encode, manifest, captions, folder, config.text.batch_size, config.text.shard_size, progress
+            )
+            # from the disk: shards of an interrupted run were never added to the manifest
+            manifest.shards = sorted(
+                posixpath.splitext(posixpath.basename(p))[0] for p in list_shards(folder, manifest.formats[0])
             )
             write_manifest(folder, manifest)
             log.info("text/%s: %d captions encoded, %d already present", name, written[name], len(captions) - written[name])
