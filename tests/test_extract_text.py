@@ -113,3 +113,37 @@ def test_other_captions_are_refused_and_the_vocabulary_is_kept(synth, tmp_path, 
     assert "text/bow" in err and "vocabulary_sha" in err
     assert vocab_file.read_bytes() == vocab_before  # still the vocabulary the shards were encoded with
     assert shard_files(out) == files
+
+
+def test_unknown_format_is_refused_before_anything_is_written(synth, tmp_path, capsys):
+    out = tmp_path / "features"
+    assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet,hdf4")) == 2
+    assert "hdf4" in capsys.readouterr().err
+    assert not (out / "text" / "bow" / "manifest.json").exists()
+    assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet")) == 0
+
+
+def test_interrupted_job_resumes_and_its_manifest_lists_every_shard(synth, tmp_path, monkeypatch):
+    out = tmp_path / "features"
+    config = tiny_config("text.shard_size=8")
+    calls = {"n": 0}
+    encode = BowEncoder.encode
+
+    def interrupted(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C while the third shard is being encoded
+            raise KeyboardInterrupt
+        return encode(self, texts)
+
+    monkeypatch.setattr(BowEncoder, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_text_extraction(str(synth.captions_txt), str(out), config, encoders=["bow"], progress=False)
+    monkeypatch.setattr(BowEncoder, "encode", encode)
+    folder = out / "text" / "bow"
+    assert len(list(folder.glob("part-*.parquet"))) == 2
+
+    total = len(read_captions(synth.captions_txt))
+    assert run_text_extraction(str(synth.captions_txt), str(out), config, encoders=["bow"], progress=False) == {"bow": total - 16}
+    stems = {p.stem for p in folder.glob("part-*.parquet")}
+    assert set(read_manifest(str(folder)).shards) == stems == {p.stem for p in folder.glob("part-*.h5")}
+    assert sorted(load_feature_set(str(folder)).ids) == sorted(c.caption_id for c in read_captions(synth.captions_txt))
