@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Mapping, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
+from vidfuse.config import merge_config
 from vidfuse.errors import ConfigError
 
 _REGISTRY: dict[str, type] = {}
@@ -64,16 +64,8 @@ def extractor_class(name: str) -> type:
 def validate_config(name: str, config: Mapping[str, Any] | DictConfig | Any | None = None) -> Any:
     """The extractor's settings merged over its defaults, as a ``Config`` instance."""
     cls = extractor_class(name)
-    try:
-        merged = OmegaConf.structured(cls.Config)
-        if config is not None:
-            merged = OmegaConf.merge(merged, config)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
-        where = f" (key {key!r})" if key else ""
-        msg = str(exc).splitlines()[0]
-        raise ConfigError(f"extractor {name!r}: {msg}{where}") from None
+    layers = [] if config is None else [config]
+    return merge_config(cls.Config, *layers, source=f"extractor {name!r}")
 
 
 def build_extractor(

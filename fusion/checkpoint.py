@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX, TOKENS, FeatureBank, feature_dims
 from fusion.factory import build_head
 from fusion.heads import RetrievalHead
-from vidfuse.errors import ConfigError, VidfuseError
+from vidfuse.config import merge_config
+from vidfuse.errors import VidfuseError
 
 CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
@@ -71,10 +70,8 @@ def check_vocab(expected: Optional[int], actual: Optional[int], source: str) -> 
 
 
 def config_from_dict(schema: type, data: dict, source: str):
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: stored config does not fit this version: {str(exc).splitlines()[0]}") from None
+    """A stored config (checkpoint) as ``schema``; refused, naming the key, if this version lacks it."""
+    return merge_config(schema, data, source=f"{source}: stored config does not fit this version")
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = CHECKPOINT):

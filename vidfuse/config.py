@@ -34,6 +34,21 @@ def resolve_config_path(name_or_path: str | Path, kind: str) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} not found (as a file, nor in configs/{kind}/: {known})")
 
 
+def merge_config(schema: type[T], *layers: Any, source: str = "defaults") -> T:
+    """``schema`` defaults <- each layer (mappings, DictConfigs, instances); errors name the key.
+
+    ``source`` says where the layers came from (a file, an extractor), for the message.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+        msg = str(exc).splitlines()[0]
+        where = f" (key {key!r})" if key else ""
+        raise ConfigError(f"{source}: {msg}{where}") from None
+
+
 def load_config(
     schema: type[T],
     path: str | Path | None = None,
@@ -41,34 +56,30 @@ def load_config(
     kind: str | None = None,
 ) -> T:
     """Merge ``schema`` defaults <- YAML file <- ``key=value`` overrides; returns a schema instance."""
-    base = OmegaConf.structured(schema)
     layers = []
     source = "defaults"
-    try:
-        if path is not None:
-            resolved = resolve_config_path(path, kind) if kind else Path(path)
-            if not resolved.is_file():
-                raise ConfigError(f"config file not found: {resolved}")
-            source = str(resolved)
+    if path is not None:
+        resolved = resolve_config_path(path, kind) if kind else Path(path)
+        if not resolved.is_file():
+            raise ConfigError(f"config file not found: {resolved}")
+        source = str(resolved)
+        try:
             loaded = OmegaConf.load(resolved)
-            if loaded is None or not OmegaConf.is_dict(loaded):
-                raise ConfigError(f"{resolved}: expected a mapping of keys at the top level")
-            layers.append(loaded)
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        if overrides:
-            source = f"{source} + overrides {list(overrides)}"
+        except Exception as exc:  # YAML syntax errors come from several parser classes
+            raise ConfigError(f"{resolved}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None or not OmegaConf.is_dict(loaded):
+            raise ConfigError(f"{resolved}: expected a mapping of keys at the top level")
+        layers.append(loaded)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+    if overrides:
+        source = f"{source} + overrides {list(overrides)}"
+        try:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(base, *layers)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
-        msg = str(exc).splitlines()[0]
-        where = f" (key {key!r})" if key else ""
-        raise ConfigError(f"{source}: {msg}{where}") from None
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"overrides {list(overrides)}: {str(exc).splitlines()[0]}") from None
+    return merge_config(schema, *layers, source=source)
 
 
 def config_to_dict(config: Any) -> dict:
