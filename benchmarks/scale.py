@@ -1,0 +1,321 @@
+"""Scale run: how time and memory of each stage of the chain grow with the number of videos.
+
+For each size N (default 500 and 2000) a synthetic dataset is generated and the demo's chain runs
+on it with the tiny configs: synth -> extract (Beam, clip+x3d, config ``tiny``, default
+DirectRunner: one worker per core) -> extract-text -> train (tiny_laff_ml, fixed epochs so the
+time compares) -> index (Flat, test split) -> benchmark. Every stage runs in a fresh subprocess,
+so its figures are its own:
+
+- time: wall seconds of the stage's library call, timed inside the child (imports excluded;
+  the child's total wall time is shown beside it);
+- peak RSS: VmHWM read from /proc/self/status at the end of the child. Not ru_maxrss of
+  RUSAGE_CHILDREN: Linux keeps ru_maxrss across exec, so a child started from a big parent
+  reports the parent's size;
+- tree peak: the largest sum of VmRSS over the child and its descendants (Beam's worker
+  processes), sampled every 0.2 s by a thread in the child — the memory the stage holds in all.
+
+The driver prints a table with the growth ratios (largest N / smallest N; linear is N ratio,
+4.0 for 2000/500) and a verdict per stage: linear or better when the time ratio is at most
+1.1 x the size ratio.
+
+    python benchmarks/scale.py                     # N = 500, 2000 (~15-25 min on 2 cores)
+    python benchmarks/scale.py --quick             # N = 100, 400
+    python benchmarks/scale.py --sizes 200,800 --workdir /tmp/scale --keep
+    python benchmarks/scale.py --stage train --n 500 --workdir W --profile   # one stage, cProfile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+# benchmarks/index.py would shadow the `index` package: keep this folder off sys.path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, _ROOT)
+
+STAGES = ("synth", "extract", "text", "train", "index", "benchmark")
+EXTRACTORS = ("clip", "x3d")  # as vidfuse.demo.DEMO_EXTRACTORS
+EXTRACT_CONFIG = "tiny"
+HEAD = "tiny_laff_ml"
+MiB = 1024 * 1024
+LINEAR_SLACK = 1.1  # ratio <= 1.1 x size ratio (4.4 for 2000/500) counts as linear or better
+
+
+# ---------------------------------------------------------------- memory (read in the child)
+
+def _status_kib(field: str, pid: str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of every live descendant of ``root`` (one /proc scan)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class TreeRSS(threading.Thread):
+    """Samples the RSS summed over this process and its descendants; keeps the maximum."""
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval, self.peak_kib, self.max_procs = interval, 0, 1
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self._done.is_set():
+            pids = [me] + _descendants(me)
+            total = sum(_status_kib("VmRSS", str(p)) for p in pids)
+            self.peak_kib = max(self.peak_kib, total)
+            self.max_procs = max(self.max_procs, len(pids))
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+# ---------------------------------------------------------------- stages (run in the child)
+
+def _paths(workdir: Path) -> dict[str, Path]:
+    return {"data": workdir / "data", "features": workdir / "features", "run": workdir / "runs" / HEAD,
+            "index": workdir / "indexes" / HEAD, "report": workdir / "reports" / "scale"}
+
+
+def _dataset(workdir: Path, n: int, seed: int):
+    from vidfuse.synth import generate_dataset
+
+    # Finished videos are reused, so after the synth stage this only reads what is there.
+    return generate_dataset(_paths(workdir)["data"], n, seed, progress=False)
+
+
+def run_stage(stage: str, n: int, workdir: Path, seed: int, epochs: int) -> str:
+    """Runs one stage of the chain exactly as vidfuse.demo does; returns a one-line summary."""
+    p = _paths(workdir)
+    if stage == "synth":
+        ds = _dataset(workdir, n, seed)
+        return f"{len(ds.video_ids)} videos"
+    from pipeline.config import ExtractConfig
+    from vidfuse.config import load_config
+
+    extract_cfg = load_config(ExtractConfig, EXTRACT_CONFIG, kind="extract")
+    ds = _dataset(workdir, n, seed) if stage in ("extract", "text", "train", "index") else None
+    if stage == "extract":
+        from pipeline.extract_job import run_extraction
+
+        return run_extraction(str(ds.videos_dir), str(p["features"]), extract_cfg, EXTRACTORS,
+                              progress=False).line()
+    if stage == "text":
+        from pipeline.text_job import run_text_extraction
+
+        written = run_text_extraction(str(ds.captions_txt), str(p["features"]), extract_cfg, progress=False)
+        return ", ".join(f"text/{k} +{v}" for k, v in written.items())
+    if stage == "train":
+        from fusion.trainer import TrainConfig
+        from pipeline.training_set import run_training
+
+        cfg = load_config(TrainConfig, HEAD, overrides=[f"epochs={epochs}"], kind="train")
+        r = run_training(cfg, str(p["features"]), str(ds.captions_txt), str(p["run"]), progress=False)
+        return f"best epoch {r.best_epoch}, val {r.metric_name} {r.best_metric:.3f}"
+    if stage == "index":
+        from index.run_index import build_index
+
+        _, added = build_index(str(p["run"]), str(p["index"]), str(p["features"]), "test", str(ds.captions_txt))
+        return f"{added} test videos indexed"
+    if stage == "benchmark":
+        from index.benchmark import run_benchmark
+
+        t2v = run_benchmark(str(p["run"]), str(p["index"]), str(p["report"]), name=HEAD)["exact"]["t2v"]
+        return f"t2v R@1 {t2v['R@1']:.1f}, R@10 {t2v['R@10']:.1f}"
+    raise ValueError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+
+
+def child_main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    sampler = TreeRSS()
+    sampler.start()
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    t0 = time.perf_counter()
+    summary = run_stage(args.stage, args.n, Path(args.workdir), args.seed, args.epochs)
+    seconds = time.perf_counter() - t0
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    sampler.stop()
+    result = {"stage": args.stage, "n": args.n, "seconds": seconds, "summary": summary,
+              "child_seconds": time.perf_counter() - started + args.import_seconds,
+              "peak_rss": _status_kib("VmHWM") * 1024, "tree_peak_rss": sampler.peak_kib * 1024,
+              "max_procs": sampler.max_procs}
+    Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------- driver
+
+def _loadavg() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def run_child(stage: str, n: int, workdir: Path, seed: int, epochs: int, log) -> dict:
+    result = workdir / f".scale-{stage}.json"
+    cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--n", str(n),
+           "--workdir", str(workdir), "--seed", str(seed), "--epochs", str(epochs), "--result", str(result)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} at N={n} failed (exit {proc.returncode}); see {log.name}")
+    r = json.loads(result.read_text())
+    r["child_seconds"] = wall  # process start + imports + work, as the driver saw it
+    r["load"] = _loadavg()
+    return r
+
+
+def _fmt_cell(r: dict) -> str:
+    return f"{r['seconds']:8.1f} s {r['peak_rss'] / MiB:6.0f} MiB ({r['tree_peak_rss'] / MiB:5.0f})"
+
+
+def print_table(results: dict[int, dict[str, dict]], sizes: list[int]) -> None:
+    lo, hi = sizes[0], sizes[-1]
+    size_ratio = hi / lo
+    cells = [f"N={n}: time, peak RSS (tree)" for n in sizes]
+    header = ["stage", *cells, "time x", "RSS x", "tree x", "verdict"]
+    rows = []
+    for stage in STAGES:
+        if not all(stage in results[n] for n in sizes):
+            continue
+        a, b = results[lo][stage], results[hi][stage]
+        t_ratio = b["seconds"] / max(a["seconds"], 1e-9)
+        m_ratio = b["peak_rss"] / max(a["peak_rss"], 1)
+        tm_ratio = b["tree_peak_rss"] / max(a["tree_peak_rss"], 1)
+        limit = LINEAR_SLACK * size_ratio
+        verdict = "linear or better" if t_ratio <= limit and m_ratio <= limit else "SUPER-LINEAR"
+        if t_ratio > limit:
+            verdict += " (time)"
+        elif m_ratio > limit:
+            verdict += " (memory)"
+        rows.append([stage, *(_fmt_cell(results[n][stage]) for n in sizes),
+                     f"{t_ratio:.2f}", f"{m_ratio:.2f}", f"{tm_ratio:.2f}", verdict])
+    if not rows:
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cols: "| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+    print(f"\nsize ratio {hi}/{lo} = {size_ratio:.1f}; linear-or-better verdict: time and RSS ratios "
+          f"<= {LINEAR_SLACK * size_ratio:.1f}. Time = the stage's library call inside its own process "
+          f"(imports excluded); peak RSS = that process's VmHWM; tree = peak of RSS summed over it and "
+          f"its children (Beam workers), sampled every 0.2 s.")
+    print("\nper stage: summary, child wall time (start + imports + work), max processes, load average after")
+    for n in sizes:
+        for stage in STAGES:
+            r = results[n].get(stage)
+            if r:
+                print(f"  N={n:<5} {stage:<9} {r['summary']}  [child {r['child_seconds']:.1f} s, "
+                      f"{r['max_procs']} proc, load {r['load']}]")
+
+
+def driver_main(args: argparse.Namespace) -> int:
+    sizes = [100, 400] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = sorted(sizes)
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vidfuse-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = root / "stages.log"
+    print(f"scale run: N = {sizes}, stages {', '.join(STAGES)}, work folder {root}, stage logs {log_path}")
+    print(f"cores {os.cpu_count()}, load average at start {_loadavg()}", flush=True)
+    results: dict[int, dict[str, dict]] = {}
+    try:
+        with open(log_path, "a") as log:
+            for n in sizes:
+                workdir = root / f"n{n}"
+                if workdir.exists() and not args.reuse:
+                    shutil.rmtree(workdir)  # a rerun must not reuse features: time would be zero
+                workdir.mkdir(parents=True, exist_ok=True)
+                results[n] = {}
+                for stage in STAGES:
+                    log.write(f"\n===== N={n} {stage}\n")
+                    log.flush()
+                    r = run_child(stage, n, workdir, args.seed, args.epochs, log)
+                    results[n][stage] = r
+                    print(f"  N={n:<5} {stage:<9} {r['seconds']:7.1f} s  peak RSS {r['peak_rss'] / MiB:5.0f} MiB"
+                          f"  tree {r['tree_peak_rss'] / MiB:5.0f} MiB  load {r['load']}  | {r['summary']}",
+                          flush=True)
+    finally:
+        done = [n for n in sizes if len(results.get(n, {})) == len(STAGES)]
+        if len(done) >= 2:
+            print()
+            print_table(results, done)
+        if not args.keep and not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nload average at end {_loadavg()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_import = time.perf_counter()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="500,2000", help="comma-separated numbers of videos (default 500,2000)")
+    ap.add_argument("--quick", action="store_true", help="N = 100, 400")
+    ap.add_argument("--workdir", help="work folder (default: a temporary folder, removed at the end)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    ap.add_argument("--reuse", action="store_true", help="reuse what a previous run left in --workdir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs (fixed so times compare)")
+    # child mode
+    ap.add_argument("--stage", choices=STAGES, help="run one stage in this process (what the driver calls)")
+    ap.add_argument("--n", type=int, help="number of videos (with --stage)")
+    ap.add_argument("--result", help="JSON file the child writes its figures to (with --stage)")
+    ap.add_argument("--profile", action="store_true", help="with --stage: cProfile the stage, top 40 to stderr")
+    args = ap.parse_args(argv)
+    args.import_seconds = time.perf_counter() - t_import
+    if args.stage:
+        if args.n is None or not args.workdir:
+            ap.error("--stage needs --n and --workdir")
+        if not args.result:
+            args.result = os.devnull
+        return child_main(args)
+    return driver_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
