@@ -18,7 +18,7 @@ import numpy as np
 
 from index.metrics import DEFAULT_KS, inner_product_rows, t2v_v2t_metrics
 from index.report import markdown_table, recall_plot, write_metrics_json
-from index.run_index import Run, load_index_for_run
+from index.run_index import Run, load_index_for_run, rerank_hits
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_benchmark(
     """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png."""
     import torch
 
-    from fusion.encode import embedding_similarity, encode_bank, rerank_scores
+    from fusion.encode import embedding_similarity, encode_bank
     from pipeline.training_set import Corpus, head_features, load_text_bank, load_video_bank
 
     run = Run.load(run_dir)
@@ -115,7 +115,7 @@ def run_benchmark(
     if not exact_index:
         # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.
         stage1 = t2v_v2t_metrics(stage1_rows, targets, num_videos=len(index.ids))
-        reranked = rerank_scores(head, texts, videos, cand_pos)
+        reranked = rerank_hits(head, texts, videos, cand_pos)
         via_index["stage1_t2v"] = via_index.pop("t2v")
         via_index["t2v"] = recall_from_ranks(candidate_ranks(reranked, cand_pos, targets), DEFAULT_KS, k)
         result["exact_stage1"] = stage1

@@ -82,6 +82,21 @@ def encode_run_videos(run: Run, features_dir: str, video_ids: Sequence[str], bat
     return encode_videos(run.head, bank, batch_size=batch_size)
 
 
+def rerank_hits(head, texts, videos, positions: np.ndarray) -> np.ndarray:
+    """Full-score re-rank of index hits (DLLFA stage 2); -inf where FAISS found no hit.
+
+    An approximate index (IVF with a small nprobe) returns position -1 for a missing hit:
+    those must not be scored as a video.
+    """
+    from fusion.encode import rerank_scores
+
+    positions = np.asarray(positions)
+    missing = positions < 0
+    scores = rerank_scores(head, texts, videos, np.where(missing, 0, positions))
+    scores[missing] = -np.inf
+    return scores
+
+
 def build_index(
     run_dir: str,
     out_dir: str,

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from index.run_index import Run, load_index_for_run
+from index.run_index import Run, load_index_for_run, rerank_hits
 from pipeline.extract_job import SOURCES_FILE
 
 
@@ -56,7 +56,7 @@ class Searcher:
         return None
 
     def search(self, text: str, k: int = 10) -> list[Hit]:
-        from fusion.encode import encode_bank, rerank_scores
+        from fusion.encode import encode_bank
 
         bank = self.queries.bank([text])
         with torch.no_grad():
@@ -64,7 +64,7 @@ class Searcher:
         depth = min(len(self.index), max(k, self.rerank_k if self.videos is not None else k))
         scores, positions = self.index.search_positions(query, depth)
         if self.videos is not None:  # DLLFA stage 2: the full score of the retrieved candidates
-            scores = rerank_scores(self.run.head, bank, self.videos, positions)
+            scores = rerank_hits(self.run.head, bank, self.videos, positions)
             order = np.argsort(-scores[0], kind="stable")
             scores, positions = scores[:, order], positions[:, order]
         hits = []
