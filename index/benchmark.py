@@ -74,6 +74,7 @@ def run_benchmark(
     """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png."""
     import torch
 
+    from fusion.checkpoint import check_banks
     from fusion.encode import embedding_similarity, encode_bank
     from pipeline.training_set import Corpus, head_features, load_text_bank, load_video_bank
 
@@ -91,7 +92,8 @@ def run_benchmark(
     targets = np.fromiter((position[c.video_id] for c in queries), dtype=np.int64, count=len(queries))
     video_names, text_names = head_features(run.config.head)
     videos, _ = load_video_bank(features_dir, video_names, index.ids)
-    texts, _, _ = load_text_bank(features_dir, text_names, queries)
+    texts, _, vocab_size = load_text_bank(features_dir, text_names, queries)
+    check_banks(run.info, videos=videos, texts=texts, vocab_size=vocab_size)
 
     head = run.head
     video_emb = encode_bank(head, videos, "video")

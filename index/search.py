@@ -28,6 +28,7 @@ class Searcher:
     """Run, index and text encoders loaded once; each query then costs one encode + one search."""
 
     def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100):
+        from fusion.checkpoint import check_banks
         from pipeline.query_encoder import QueryEncoder
         from pipeline.training_set import head_features
 
@@ -42,6 +43,9 @@ class Searcher:
             from pipeline.training_set import load_video_bank
 
             self.videos, _ = load_video_bank(self.features_dir, video_names, self.index.ids)
+        # features of other dims than the run trained on: say so now, not as a shape error per query
+        check_banks(self.run.info, videos=self.videos, texts=self.queries.bank(["a"]),
+                    vocab_size=self.queries.vocab_size)
         self.video_dirs = self._video_dirs()
 
     def _video_dirs(self) -> list[str]:

@@ -20,11 +20,13 @@ class QueryEncoder:
             if name not in LEARNED_TEXT_FEATURES
         }
         self.tokenizer = None
+        self.vocab_size = None  # as pipeline.training_set.load_text_bank counts it (id 0 = padding)
         if any(name in LEARNED_TEXT_FEATURES for name in text_names):
             from extractors.text_bow import BowEncoder, BowVocabulary
 
             vocab = BowVocabulary.load(posixpath.join(text_feature_dir(features_dir, "bow"), VOCAB_FILE))
             self.tokenizer = BowEncoder(vocab)
+            self.vocab_size = len(vocab) + 1
 
     def bank(self, texts: Sequence[str]) -> FeatureBank:
         bank = FeatureBank(vectors={name: encode(list(texts)) for name, encode in self.encoders.items()})
