@@ -229,7 +229,20 @@ def run_training(cfg, features_dir: str, captions: str, out_dir: str, splits: st
     """Train ``cfg`` (a TrainConfig) on a features folder + captions; returns the TrainResult."""
     from fusion.trainer import train
 
+    from pathlib import Path
+
     corpus = Corpus.read(captions, splits)
     data, manifests = build_train_data(features_dir, corpus, cfg.head)
+    sources = Path(out_dir) / RUN_SOURCES
+    previous = sources.read_bytes() if sources.is_file() else None
     write_run_sources(out_dir, features_dir, captions, splits, manifests)
-    return train(cfg, data, out_dir, resume=resume, progress=progress)
+    try:
+        return train(cfg, data, out_dir, resume=resume, progress=progress)
+    except VidfuseError:
+        # a refused run (e.g. resuming with other dims) must leave the run pointing at the
+        # inputs its checkpoints were trained on: index/benchmark/search default to them
+        if previous is None:
+            sources.unlink(missing_ok=True)
+        else:
+            sources.write_bytes(previous)
+        raise
