@@ -78,6 +78,28 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def pipeline_runner(options: PipelineOptions):
+    """The runner object for ``beam.Pipeline``: for the DirectRunner, the FnApiRunner it runs batch jobs on.
+
+    Beam's DirectRunner first tries the Prism runner, whatever the runner is named: online it
+    downloads a binary and runs every worker inside this process (LOOPBACK environment), so
+    ``--direct_num_workers`` and ``--direct_running_mode`` are ignored; offline the download
+    fails and it falls back to the FnApiRunner. Building that FnApiRunner here, as the
+    DirectRunner does on its fallback, runs the same job in both cases. Other runners: None
+    (Beam builds the one named in the options).
+    """
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner not in ("directrunner", "direct"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
 def worker_torch_threads(options: PipelineOptions) -> int | None:
     """torch threads per worker process when the DirectRunner runs N local worker processes.
 
@@ -294,7 +316,7 @@ def run_extraction(
         _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
         dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
         options = beam_options(beam_args)
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
         _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
             video_dir,
             out_dirs,
