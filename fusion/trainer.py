@@ -72,11 +72,15 @@ class TrainResult:
     best_val: dict
 
 
+def check_val_metric(val_metric: str) -> None:
+    side, _, name = val_metric.partition("/")
+    if side not in ("t2v", "v2t") or name not in ("R@1", "R@5", "R@10", "MedR", "MeanR", "mIR", "mAP", "rsum"):
+        raise ConfigError(f"val_metric {val_metric!r} is not '<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>'")
+
+
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Checks the run-level settings and fills the optimiser recipe (returns a new config)."""
-    side, _, name = cfg.val_metric.partition("/")
-    if side not in ("t2v", "v2t") or name not in ("R@1", "R@5", "R@10", "MedR", "MeanR", "mIR", "mAP", "rsum"):
-        raise ConfigError(f"val_metric {cfg.val_metric!r} is not '<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>'")
+    check_val_metric(cfg.val_metric)
     for key in ("epochs", "batch_size", "val_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
@@ -94,7 +98,7 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
@@ -103,7 +107,7 @@ def epoch_batches(captions: np.ndarray, batch_size: int, seed: int, epoch: int) 
 
     A trailing batch of a single caption is dropped (BatchNorm needs two samples).
     """
-    order = np.random.default_rng(_epoch_seed(seed, epoch)).permutation(np.asarray(captions))
+    order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(np.asarray(captions))
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()
@@ -136,7 +140,7 @@ def _loader(ds: _Batches, cfg: TrainConfig, device: torch.device):
                                        pin_memory=device.type == "cuda")
 
 
-def _amp(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
     if not (cfg.amp and device.type == "cuda"):
         return False, torch.float32
     return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -156,25 +160,25 @@ def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_s
     return t2v_v2t_metrics(sim, targets.astype(np.int64))
 
 
-def _metric(val: dict, name: str) -> float:
+def metric_value(val: dict, name: str) -> float:
     side, _, key = name.partition("/")
     return float(val[side][key])
 
 
-def _better(a: float, b: Optional[float], name: str) -> bool:
+def is_better(a: float, b: Optional[float], name: str) -> bool:
     if b is None or math.isnan(b):
         return not math.isnan(a)
     return a < b if name.split("/")[-1] in LOWER_IS_BETTER else a > b
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -182,7 +186,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(set(old) | set(new)):
         full = f"{prefix}{key}"
@@ -190,13 +194,13 @@ def _config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_differences(a, b, full + ".")
+            diffs += config_differences(a, b, full + ".")
         elif a != b:
             diffs.append(f"{full} was {a!r}, now {b!r}")
     return diffs
 
 
-def _read_history(path: Path, upto: int) -> list[dict]:
+def read_history(path: Path, upto: int) -> list[dict]:
     """metrics.jsonl lines of epochs <= upto (a kill after the line but before last.pt)."""
     if not path.is_file():
         return []
@@ -204,7 +208,7 @@ def _read_history(path: Path, upto: int) -> list[dict]:
     return [r for r in lines if r.get("epoch", 0) <= upto]
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def write_history(path: Path, history: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
     tmp.replace(path)
@@ -233,7 +237,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     state: Optional[dict] = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        diffs = _config_differences(state["config"], cfg_dict)
+        diffs = config_differences(state["config"], cfg_dict)
         if diffs:
             raise CheckpointError(f"cannot resume {out}: {'; '.join(diffs)} (start a new run, or resume=False)")
         check_dims(state["video_dims"], video_dims, "video", str(last_path))
@@ -248,7 +252,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     optimizer = build_optimizer(head, cfg.optim, head.no_weight_decay()) if trainable else None
     batches_per_epoch = len(epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, 1))
     lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch) if optimizer else None
-    use_amp, amp_dtype = _amp(cfg, device)
+    use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     epoch, best, best_epoch, bad, stopped = 0, None, 0, 0, False
@@ -259,14 +263,14 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
             optimizer.load_state_dict(state["optimizer"])
             lr_ctrl.load_state_dict(state["lr"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         epoch, best, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
         bad, stopped = state["bad_epochs"], state["stopped_early"]
-        history = _read_history(metrics_path, epoch)
+        history = read_history(metrics_path, epoch)
         log.info("resuming %s after epoch %d (best %s=%.4f at epoch %d)", out, epoch, cfg.val_metric,
                  best if best is not None else float("nan"), best_epoch)
     save_config(cfg, out / "config.yaml")
-    _write_history(metrics_path, history)
+    write_history(metrics_path, history)
 
     has_val = len(data.val_captions) > 0
     if not has_val:
@@ -282,7 +286,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
             break
         epoch += 1
         t0 = time.time()
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
         head.train()
         batches = epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, epoch)
         total, terms, n = 0.0, {}, 0
@@ -316,10 +320,10 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
         if has_val:
             val = validate(head, data, data.val_captions, cfg.val_batch_size, device)
             record.update(val)
-            value = _metric(val, cfg.val_metric)
+            value = metric_value(val, cfg.val_metric)
         else:
             val, value = {}, -record["loss"]
-        improved = _better(value, best, cfg.val_metric) or not has_val
+        improved = is_better(value, best, cfg.val_metric) or not has_val
         record.update({"val_metric": value if has_val else None, "best": improved})
         if improved:
             best, best_epoch, bad = value, epoch, 0
@@ -332,10 +336,10 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
             lr_ctrl.end_epoch(improved)
         stopped = bool(has_val and cfg.early_stop and bad >= cfg.early_stop)
         history.append(record)
-        _write_history(metrics_path, history)
+        write_history(metrics_path, history)
         save_atomic({"model": head.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "lr": lr_ctrl.state_dict() if lr_ctrl else None, "scaler": scaler.state_dict(),
-                     "rng": _rng_state(), "epoch": epoch, "best_metric": best, "best_epoch": best_epoch,
+                     "rng": rng_state(), "epoch": epoch, "best_metric": best, "best_epoch": best_epoch,
                      "bad_epochs": bad, "stopped_early": stopped, "config": cfg_dict, "video_dims": used_video,
                      "text_dims": used_text, "vocab_size": vocab}, last_path)
         epochs_bar.update(1)
