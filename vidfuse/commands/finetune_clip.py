@@ -1,0 +1,57 @@
+"""``vidfuse finetune-clip --videos DIR --captions FILE --config clip_ft --out RUN``: clip-ft."""
+
+from __future__ import annotations
+
+import argparse
+
+from vidfuse.commands.common import add_config_args
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Fine-tune CLIP end to end on the train split's captions (LAFF's clip-ft: mean of the "
+            "frame embeddings vs the caption embedding). The best validation epoch is written to "
+            "RUN/clip_ft.pt, which the clip extractor loads (extractors.clip.pretrained: RUN/clip_ft.pt; "
+            "RUN/extract_clip_ft.yaml is such an extraction config). Split files (train/val/test.txt) "
+            "are found beside CAPTIONS unless --splits names their folder. Rerunning into the same "
+            "--out resumes from its last epoch."
+        ),
+    )
+    p.add_argument("--videos", required=True, help="folder of videos (searched recursively; ids as extract names them)")
+    p.add_argument("--captions", required=True, help="caption file (LAFF text, MSR-VTT JSON, CSV, JSONL)")
+    p.add_argument("--splits", default=None, help="folder of train/val/test.txt (default: beside --captions)")
+    p.add_argument("--out", required=True, help="run folder (clip_ft.pt, config.yaml, metrics.jsonl, last.pt)")
+    add_config_args(p, "train", "clip_ft")
+    p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda)")
+    p.add_argument("--num-workers", type=int, default=None, help="override the config's DataLoader decode workers")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusion.clip_ft import EXTRACT_CONFIG, ClipFtConfig, run_finetune_clip
+    from vidfuse.config import load_config
+
+    overrides = list(args.overrides)
+    overrides += [f"device={args.device}"] if args.device else []
+    overrides += [f"num_workers={args.num_workers}"] if args.num_workers is not None else []
+    cfg = load_config(ClipFtConfig, args.config, overrides, kind="train")
+    result = run_finetune_clip(cfg, args.videos, args.captions, args.out, args.splits,
+                               resume=not args.fresh, progress=not args.no_progress)
+    t2v, before = result.best_val.get("t2v", {}), result.baseline_val.get("t2v", {})
+    summary = ", ".join(f"{k} {t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in t2v)
+    if "R@1" in before:
+        summary += f"; before fine-tuning R@1 {before['R@1']:.1f}"
+    skipped = f", {len(result.failed)} undecodable videos skipped" if result.failed else ""
+    print(
+        f"finetune-clip: best epoch {result.best_epoch}/{result.epochs_run} "
+        f"({result.metric_name} {result.best_metric:.4f}; val t2v {summary}{skipped}) -> {result.checkpoint}"
+    )
+    extract_cfg = result.run_dir / EXTRACT_CONFIG
+    print(f"clip-ft features: vidfuse extract {args.videos} --out FEATURES --config {extract_cfg} --extractors clip"
+          f" && vidfuse extract-text {args.captions} --out FEATURES --config {extract_cfg} --encoders clip")
+    return 0
