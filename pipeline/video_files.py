@@ -7,6 +7,7 @@ two ``clip.mp4`` in different sub-folders stay distinct.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import posixpath
 import shutil
@@ -35,8 +36,12 @@ def normalise_dir(video_dir: str) -> str:
 
 
 def video_glob(video_dir: str) -> str:
-    """Recursive glob pattern understood by ``FileSystems.match`` and ``fileio.MatchFiles``."""
-    return normalise_dir(video_dir) + "**"
+    """Recursive glob pattern understood by ``FileSystems.match`` and ``fileio.MatchFiles``.
+
+    Glob characters in the folder's own path (``clips [2020]``, ``a*b``) are escaped so they
+    match only themselves, not a sibling folder such as ``clips 2``.
+    """
+    return glob.escape(normalise_dir(video_dir)) + "**"
 
 
 def has_video_extension(path: str, extensions: Sequence[str]) -> bool:
