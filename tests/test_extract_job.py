@@ -321,3 +321,20 @@ def test_direct_runner_jobs_never_go_through_prism(synth, tmp_path, monkeypatch)
     )
     assert summary.done == len(synth.video_ids)
     assert tried == []
+
+
+def test_glob_characters_in_the_folder_name_match_only_that_folder(synth, tmp_path):
+    from pipeline.config import VIDEO_EXTENSIONS
+    from pipeline.video_files import list_videos
+
+    folder = tmp_path / "clips [2020]"
+    sibling = tmp_path / "clips 2"  # what "[2020]" would match as a character class
+    for d in (folder, sibling):
+        d.mkdir()
+    shutil.copy(synth.videos_dir / f"{synth.video_ids[0]}.mp4", folder / "a.mp4")
+    shutil.copy(synth.videos_dir / f"{synth.video_ids[1]}.mp4", sibling / "b.mp4")
+    assert list_videos(str(folder), VIDEO_EXTENSIONS) == [str(folder / "a.mp4")]
+    out = tmp_path / "out"
+    summary = run_extraction(str(folder), str(out), tiny_config(), extractors=["clip"], beam_args=IN_PROCESS, progress=False)
+    assert (summary.total, summary.done) == (1, 1)
+    assert list(read_rows(out / "clip", "parquet").features) == ["a"]
