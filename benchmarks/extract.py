@@ -62,7 +62,7 @@ import pipeline.extract_job as extract_job  # noqa: E402
 from pipeline.config import ExtractConfig  # noqa: E402
 from pipeline.decode import open_video  # noqa: E402
 from pipeline.sampling import sample_indices  # noqa: E402
-from pipeline.transforms import build_job_extractor  # noqa: E402
+from extractors.registry import build_extractor  # noqa: E402
 from vidfuse.config import load_config  # noqa: E402
 from vidfuse.synth import generate_dataset  # noqa: E402
 
@@ -77,7 +77,7 @@ class Run:
 
 def bare_loop(videos: list[Path], config: ExtractConfig) -> None:
     """The sequential baseline: the job's library calls, no Beam, nothing written."""
-    built = {n: build_job_extractor(n, config.extractors[n], device="cpu") for n in config.extractors}
+    built = {n: build_extractor(n, config.extractors[n], device="cpu") for n in config.extractors}
     for path in videos:
         with open_video(str(path), backend=config.decode.backend, fallback=config.decode.fallback) as reader:
             for extractor in built.values():

@@ -68,11 +68,25 @@ def validate_config(name: str, config: Mapping[str, Any] | DictConfig | Any | No
     return merge_config(cls.Config, *layers, source=f"extractor {name!r}")
 
 
+MODEL_INIT_SEED = 0
+
+
 def build_extractor(
     name: str,
     config: Mapping[str, Any] | DictConfig | Any | None = None,
     device: str = "auto",
 ):
-    """A ready extractor (model built, weights loaded, eval mode) from its name and settings."""
+    """A ready extractor (model built, weights loaded, eval mode) from its name and settings.
+
+    The model is built with torch's RNG fixed (the caller's RNG state is left as it was):
+    every Beam worker, every rerun, ``extract-text`` and ``finetune-clip`` build their own
+    copy, and with random weights (``pretrained: null``) an unseeded initialisation would
+    give each a different model under one manifest hash.
+    """
+    import torch
+
     cls = extractor_class(name)
-    return cls(validate_config(name, config), device=device)
+    settings = validate_config(name, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(MODEL_INIT_SEED)
+        return cls(settings, device=device)

@@ -327,9 +327,9 @@ def clip_ft_loss(model: torch.nn.Module, text: torch.Tensor, video: torch.Tensor
 def build_start_model(clip: ClipConfig):
     """The clip extractor at the start of fine-tuning, built as the extraction job builds it
     (seeded, so random weights equal the extractor's); its model is unfrozen by the caller."""
-    from pipeline.transforms import build_job_extractor
+    from extractors.registry import build_extractor
 
-    return build_job_extractor("clip", clip, device="cpu")
+    return build_extractor("clip", clip, device="cpu")
 
 
 # --- validation --------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
-from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures, build_job_extractor
+from extractors.registry import build_extractor
+from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures
 from pipeline.video_files import is_local, list_videos, normalise_dir, video_id_for
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError
@@ -301,7 +302,7 @@ def run_extraction(
 
     with exclusive_folder(out_dir, "extract job"):
         out_dirs = {n: posixpath.join(out_dir, n) for n in names}
-        built = {n: build_job_extractor(n, config.extractors[n], device="cpu") for n in names}
+        built = {n: build_extractor(n, config.extractors[n], device="cpu") for n in names}
         manifests = {n: _prepare_manifest(n, built[n], out_dirs[n], formats) for n in names}
         for n in names:  # what a killed run left: temp files, shards missing a format twin
             remove_incomplete_shards(out_dirs[n], formats)

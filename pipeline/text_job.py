@@ -60,11 +60,11 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
     folder's shards were encoded with.
     """
     if name == "clip":
-        from pipeline.transforms import build_job_extractor
+        from extractors.registry import build_extractor
 
         if "clip" not in config.extractors:
             raise ConfigError("text encoder 'clip' needs the video side's extractors.clip settings in the config")
-        clip = build_job_extractor("clip", config.extractors["clip"], device=device)
+        clip = build_extractor("clip", config.extractors["clip"], device=device)
         described = clip.describe()
         settings = config_to_dict(clip.config)
         fields = dict(model=described["model"], weights=described["weights"], dim=described["dim"],
@@ -101,9 +101,9 @@ def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequenc
         raise VidfuseError(f"no manifest.json in {folder}: run `vidfuse extract-text` first")
     name = manifest.name.split("/", 1)[-1]
     if name == "clip":
-        from pipeline.transforms import build_job_extractor
+        from extractors.registry import build_extractor
 
-        return build_job_extractor("clip", manifest.config, device=device).encode_text
+        return build_extractor("clip", manifest.config, device=device).encode_text
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 

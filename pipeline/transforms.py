@@ -30,26 +30,6 @@ log = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "vidfuse"
 DEAD_LETTER_TAG = "dead_letters"
-MODEL_INIT_SEED = 0
-
-
-def build_job_extractor(name: str, config: Any, device: str = "auto"):
-    """``build_extractor`` with torch's RNG fixed while the model is made.
-
-    Every Beam worker, every rerun and ``extract-text`` build their own copy of the model.
-    With random weights (``pretrained: null``) an unseeded initialisation would give each of
-    them a different model under one manifest hash, so resumed shards, workers and the text
-    side would not agree. The caller's RNG state is left as it was.
-    """
-    import torch
-
-    from extractors.registry import build_extractor
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(MODEL_INIT_SEED)
-        return build_extractor(name, config, device=device)
-
-
 @dataclass
 class DecodedVideo:
     """Sampled frames of one video for one extractor (uint8 [N, H, W, 3], N = indices.size)."""
@@ -195,11 +175,13 @@ class _EmbedFn(beam.DoFn):
         self.embedded = Metrics.counter(METRICS_NAMESPACE, f"{name}_embedded")
 
     def setup(self) -> None:
+        from extractors.registry import build_extractor
+
         if self.torch_threads:
             import torch
 
             torch.set_num_threads(self.torch_threads)
-        self.extractor = build_job_extractor(self.name, self.config, device=self.device)
+        self.extractor = build_extractor(self.name, self.config, device=self.device)
 
     def process(self, batch: Sequence[DecodedVideo]) -> Iterator[Any]:
         from pipeline.shards import FeatureRow

@@ -34,7 +34,7 @@ from extract_helpers import (
 from pipeline.extract_job import ERRORS_FILE, run_extraction
 from pipeline.job_lock import LOCK_NAME
 from pipeline.manifest import read_manifest
-from pipeline.transforms import build_job_extractor
+from extractors.registry import build_extractor
 from vidfuse.cli import main
 
 TINY_DIMS = {"clip": 64, "x3d": 128, "ircsn": 256}  # configs/extract/tiny.yaml
@@ -97,7 +97,7 @@ def test_mixed_folder_rows_dead_letters_and_rerun(mixed, tmp_path, capsys):
     n_files = len(good) + len(bad)
     assert f"{n_files} videos: {len(good)} done, 0 skipped (already extracted), {len(bad)} failed" in line
 
-    built = {n: build_job_extractor(n, tiny_config().extractors[n], device="cpu") for n in EXTRACTORS}
+    built = {n: build_extractor(n, tiny_config().extractors[n], device="cpu") for n in EXTRACTORS}
     first = {}
     for name in EXTRACTORS:
         manifest = read_manifest(str(out / name))

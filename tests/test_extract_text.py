@@ -14,7 +14,7 @@ from pipeline.extract_job import run_extraction
 from pipeline.features import load_feature_set
 from pipeline.manifest import read_manifest
 from pipeline.text_job import VOCAB_FILE, run_text_extraction
-from pipeline.transforms import build_job_extractor
+from extractors.registry import build_extractor
 from vidfuse.cli import main
 
 
@@ -35,7 +35,7 @@ def test_features_for_every_caption_and_rerun_adds_nothing(synth, tmp_path, caps
 
     ids = sorted(c.caption_id for c in captions)
     texts = {c.caption_id: c.text for c in captions}
-    clip = build_job_extractor("clip", tiny_config().extractors["clip"], device="cpu")
+    clip = build_extractor("clip", tiny_config().extractors["clip"], device="cpu")
     vocab = BowVocabulary.load(out / "text" / "bow" / VOCAB_FILE)
     train = set(synth.splits["train"])
     train_words = {w for c in captions if c.video_id in train for w in vocab.tokenize(c.text)}

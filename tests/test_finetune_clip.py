@@ -37,7 +37,7 @@ from pipeline.extract_job import run_extraction
 from pipeline.features import load_feature_set
 from pipeline.manifest import read_manifest
 from pipeline.text_job import run_text_extraction
-from pipeline.transforms import build_job_extractor
+from extractors.registry import build_extractor
 from pipeline.training_set import check_clip_pairing
 from pipeline.video_files import NoVideosError
 from extract_helpers import IN_PROCESS
@@ -160,7 +160,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_extract_config(synth, f
 def test_checkpoint_loads_in_the_clip_extractor_and_the_manifests_record_it(synth, finetuned):
     ckpt = str((finetuned.run / CLIP_FT).resolve())
     tiny_clip = load_config(ExtractConfig, "tiny", kind="extract").extractors["clip"]
-    base = build_job_extractor("clip", tiny_clip, device="cpu")  # as extraction builds random weights
+    base = build_extractor("clip", tiny_clip, device="cpu")  # as extraction builds random weights
     tuned = build_extractor("clip", {**tiny_clip, "pretrained": ckpt}, device="cpu")
     assert tuned.weights == ckpt and tuned.describe()["weights"] == ckpt
     frames = base.preprocess(np.random.default_rng(0).integers(0, 255, (4, 48, 64, 3), dtype=np.uint8))
