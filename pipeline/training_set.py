@@ -128,6 +128,9 @@ def check_clip_pairing(video: dict[str, Manifest], text: dict[str, Manifest]) ->
     v, t = video.get("clip"), text.get("text/clip")
     if v is None or t is None:
         return
+    if "imported" in (v.weights, t.weights):  # BigFiles (e.g. LAFF's releases) carry no model record
+        log.warning("clip features imported from BigFiles: cannot check that text and video CLIP match")
+        return
     if (v.model, v.weights, v.config_hash) != (t.model, t.weights, t.config_hash):
         raise TrainingSetError(
             "video and text CLIP features come from different models/weights: "
