@@ -15,7 +15,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -26,7 +25,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline.config import ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from extractors.registry import build_extractor
-from pipeline.transforms import METRICS_NAMESPACE, ExtractFeatures
+from pipeline.transforms import ExtractFeatures
 from pipeline.video_files import is_local, list_videos, normalise_dir, video_id_for
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError
@@ -352,9 +351,6 @@ def run_extraction(
         _remove_tree(dead_dir)
         _record_source(out_dir, video_dir)
 
-    counters = Counter()
-    for counter in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        counters[counter.key.metric.name] += counter.committed or counter.attempted or 0
     complete = set.intersection(*(present[n] for n in names)) if names else set()
     return ExtractSummary(
         total=len(paths),

@@ -140,9 +140,7 @@ def _encode_missing(
                 bar.update(min(batch_size, len(chunk) - b))
             matrix = np.concatenate(vectors)
             rows = [FeatureRow(video_id=c.caption_id, feature=v) for c, v in zip(chunk, matrix)]
-            shard = new_shard_name()
-            write_shard(out_dir, shard, rows, manifest.formats, manifest.hash())
-            manifest.shards.append(shard)
+            write_shard(out_dir, new_shard_name(), rows, manifest.formats, manifest.hash())
             written += len(rows)
     return written
 
