@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from fusion.config import ConcatConfig, GruConfig, MeanPConfig, SingleConfig
 from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX
-from fusion.heads import Embedding, RetrievalHead, l2n
+from fusion.heads import Embedding, RetrievalHead, l2n, shared_space_dim
 from fusion.laff import FeatureProjector, VideoInputs, xavier_
 from fusion.losses import info_nce, triplet_ranking_loss
 from fusion.text import TextInputs
@@ -44,16 +44,8 @@ class MeanPHead(_CosineHead):
     def __init__(self, cfg: MeanPConfig, video_dims: dict[str, int], text_dims: dict[str, int]):
         super().__init__()
         self.cfg = cfg
+        shared_space_dim("meanp", cfg.frame_feature, cfg.text_feature, video_dims, text_dims)
         frames_key = cfg.frame_feature + FRAMES_SUFFIX
-        if frames_key not in video_dims:
-            raise ConfigError(f"meanp.frame_feature: video frames {frames_key!r} are not in the data (available: {sorted(video_dims)})")
-        if cfg.text_feature not in text_dims:
-            raise ConfigError(f"meanp.text_feature: text feature {cfg.text_feature!r} is not in the data (available: {sorted(text_dims)})")
-        if video_dims[frames_key] != text_dims[cfg.text_feature]:
-            raise ConfigError(
-                f"meanp: frames {frames_key!r} (dim {video_dims[frames_key]}) and text {cfg.text_feature!r} "
-                f"(dim {text_dims[cfg.text_feature]}) are not in one space"
-            )
         self.frames_key, self.mask_key = frames_key, cfg.frame_feature + MASK_SUFFIX
         self.video_inputs = (self.frames_key, self.mask_key)
         self.text_inputs = (cfg.text_feature,)

@@ -167,10 +167,8 @@ def _wanted(names: Optional[Iterable[str]], key: str) -> bool:
     return names is None or key in names
 
 
-def collate_videos(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of a video bank as tensors; ``names`` limits to the keys a head reads."""
-    names = set(names) if names is not None else None
-    idx = np.asarray(idx, dtype=np.int64)
+def _collate_features(bank: FeatureBank, idx: np.ndarray, names: Optional[set[str]], side: str) -> dict[str, torch.Tensor]:
+    """Vectors and padded frame matrices (with masks) of rows ``idx``: what both sides share."""
     batch: dict[str, torch.Tensor] = {}
     for name, arr in bank.vectors.items():
         if _wanted(names, name):
@@ -180,10 +178,15 @@ def collate_videos(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[
             seqs = _ragged(matrix, offsets, idx)
             empty = [int(i) for i, s in zip(idx, seqs) if len(s) == 0]
             if empty:
-                raise DataError(f"video row {empty[0]} has no frames for feature {name!r}")
-            frames, mask = _pad(seqs, torch.float32)
-            batch[name + FRAMES_SUFFIX] = frames
-            batch[name + MASK_SUFFIX] = mask
+                raise DataError(f"{side} row {empty[0]} has no frames for feature {name!r}")
+            batch[name + FRAMES_SUFFIX], batch[name + MASK_SUFFIX] = _pad(seqs, torch.float32)
+    return batch
+
+
+def collate_videos(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of a video bank as tensors; ``names`` limits to the keys a head reads."""
+    names = set(names) if names is not None else None
+    batch = _collate_features(bank, np.asarray(idx, dtype=np.int64), names, "video")
     if names is not None:
         _check_present(names, batch, "video")
     return batch
@@ -193,14 +196,7 @@ def collate_texts(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[s
     """Rows ``idx`` of a text bank: vectors, and padded token ids with lengths and mask."""
     names = set(names) if names is not None else None
     idx = np.asarray(idx, dtype=np.int64)
-    batch: dict[str, torch.Tensor] = {}
-    for name, arr in bank.vectors.items():
-        if _wanted(names, name):
-            batch[name] = torch.from_numpy(np.ascontiguousarray(take_rows(arr, idx)))
-    for name, (matrix, offsets) in bank.frames.items():
-        if _wanted(names, name + FRAMES_SUFFIX):
-            frames, mask = _pad(_ragged(matrix, offsets, idx), torch.float32)
-            batch[name + FRAMES_SUFFIX], batch[name + MASK_SUFFIX] = frames, mask
+    batch = _collate_features(bank, idx, names, "text")
     if bank.tokens is not None and _wanted(names, TOKENS):
         seqs = _ragged(bank.tokens[0], bank.tokens[1], idx)
         ids, mask = _pad(seqs, torch.long)

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from fusion.config import DllfaConfig
 from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX
-from fusion.heads import Embedding, RetrievalHead, l2n
+from fusion.heads import Embedding, RetrievalHead, l2n, shared_space_dim
 from fusion.losses import info_nce
 from vidfuse.errors import ConfigError, VidfuseError
 
@@ -46,17 +46,8 @@ class DllfaHead(RetrievalHead):
     def __init__(self, cfg: DllfaConfig, video_dims: dict[str, int], text_dims: dict[str, int]):
         super().__init__()
         self.cfg = cfg
+        dim = shared_space_dim("dllfa", cfg.frame_feature, cfg.text_feature, video_dims, text_dims)
         frames_key = cfg.frame_feature + FRAMES_SUFFIX
-        if frames_key not in video_dims:
-            raise ConfigError(f"dllfa.frame_feature: video frames {frames_key!r} are not in the data (available: {sorted(video_dims)})")
-        if cfg.text_feature not in text_dims:
-            raise ConfigError(f"dllfa.text_feature: text feature {cfg.text_feature!r} is not in the data (available: {sorted(text_dims)})")
-        dim = video_dims[frames_key]
-        if text_dims[cfg.text_feature] != dim:
-            raise ConfigError(
-                f"dllfa: text feature {cfg.text_feature!r} has dim {text_dims[cfg.text_feature]} but frames "
-                f"{frames_key!r} have dim {dim}; they must share the CLIP space"
-            )
         if dim % cfg.attn_heads:
             raise ConfigError(f"dllfa.attn_heads={cfg.attn_heads} does not divide the feature dim {dim}")
         self.dim = dim

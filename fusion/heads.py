@@ -109,3 +109,27 @@ def embeddings_to(emb: Embedding, device: torch.device | str, dtype: Optional[to
             v = v.to(dtype)
         out[k] = v
     return out
+
+
+def shared_space_dim(section: str, frame_feature: str, text_feature: str,
+                     video_dims: dict[str, int], text_dims: dict[str, int]) -> int:
+    """Dim of a frame feature and a sentence feature that a head compares directly (meanP, DLLFA).
+
+    Both must be in the data and in one space (e.g. CLIP's image and text towers); the
+    error names the config key of the ``section`` at fault.
+    """
+    from fusion.data import FRAMES_SUFFIX
+    from vidfuse.errors import ConfigError
+
+    frames_key = frame_feature + FRAMES_SUFFIX
+    if frames_key not in video_dims:
+        raise ConfigError(f"{section}.frame_feature: video frames {frames_key!r} are not in the data (available: {sorted(video_dims)})")
+    if text_feature not in text_dims:
+        raise ConfigError(f"{section}.text_feature: text feature {text_feature!r} is not in the data (available: {sorted(text_dims)})")
+    if video_dims[frames_key] != text_dims[text_feature]:
+        raise ConfigError(
+            f"{section}: frames {frames_key!r} (dim {video_dims[frames_key]}) and text {text_feature!r} "
+            f"(dim {text_dims[text_feature]}) must share one space (e.g. CLIP's)"
+        )
+    return video_dims[frames_key]
+
