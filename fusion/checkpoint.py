@@ -36,13 +36,20 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A vidfuse checkpoint (a dict with at least ``model`` and ``config``), or a CheckpointError naming it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # corrupt/truncated file: say which
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+    missing = [k for k in ("model", "config") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        what = f"no {missing}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}, not a dict"
+        raise CheckpointError(f"{path} is not a vidfuse checkpoint ({what})")
+    return ckpt
 
 
 def head_dims(head: RetrievalHead, video_dims: dict[str, int], text_dims: dict[str, int]) -> tuple[dict, dict]:
@@ -89,7 +96,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
             raise CheckpointError(f"{path} is not a vidfuse checkpoint (no {key!r})")
     cfg = config_from_dict(TrainConfig, ckpt["config"], str(path))
     head = build_head(cfg.head, ckpt["video_dims"], ckpt["text_dims"], ckpt.get("vocab_size"))
-    head.load_state_dict(ckpt["model"])
+    try:
+        head.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # weights of another head, or not weights
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: its weights do not fit the head its config describes: {reason}") from None
     head.to(device).eval()
     info = {k: ckpt.get(k) for k in ("epoch", "metric_name", "best_metric", "val", "video_dims", "text_dims", "vocab_size")}
     info["path"] = str(path)

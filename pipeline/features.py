@@ -1,10 +1,16 @@
 """Read a feature folder (Parquet or HDF5 shards + manifest.json) as one checked, read-only set.
 
 Loading validates everything a trainer would otherwise trip over much later: the manifest
-exists, every shard carries that manifest's hash, vectors have the manifest's dimension, ids are
-unique across shards, and no row holds NaN/inf. Video-level vectors are read eagerly into one
-preallocated [N, D] array (no second copy); frame matrices, which are T times larger, are read
-on first use.
+exists and names the feature set asked for, every shard carries that manifest's hash and dim,
+its copy in the other format agrees with it, ids are unique across shards, and no row that is
+used holds NaN/inf. Video-level vectors are read eagerly into one preallocated [N, D] array (no
+second copy); frame matrices, which are T times larger, are read on first use.
+
+NaN/inf rows are refused, never skipped: a stage that silently drops a video trains or indexes
+on other data than the user named (a benchmark over fewer test videos is not comparable). The
+check covers the rows a caller uses (``ids``), so a bad video outside the split at hand does not
+stop the stages that never read it; the message names each video, its shard and row, and the
+two ways out (re-extract it, or leave it out of the split files).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from pipeline.shards import (
     FeatureSetError,
     ShardError,
     ShardReader,
+    check_header,
+    check_twins,
+    duplicate_ids_error,
     list_shards,
     normalize_format,
     open_shard,
@@ -69,6 +78,8 @@ class FeatureSet:
         has_frames: bool,
         frames_loader: Callable[[], tuple[np.ndarray, np.ndarray]] | None,
         shards: Sequence[str] = (),
+        rows: np.ndarray | None = None,
+        shard_starts: np.ndarray | None = None,
     ):
         self.path = path
         self.fmt = fmt
@@ -81,9 +92,13 @@ class FeatureSet:
         self._index_offsets = frame_index_offsets
         self.has_frames = has_frames
         self._frames_loader = frames_loader
-        self._frames: tuple[np.ndarray, np.ndarray] | None = None
+        self._frames: tuple[np.ndarray, np.ndarray] | None = None  # checked
+        self._raw: tuple[np.ndarray, np.ndarray] | None = None  # as read
         self.shards = list(shards)
         self._position = {video_id: i for i, video_id in enumerate(ids)}
+        # where each row came from (for messages): row number in the folder, first row of each shard
+        self._rows = np.arange(len(ids), dtype=np.int64) if rows is None else rows
+        self._shard_starts = np.zeros(1, np.int64) if shard_starts is None else shard_starts
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -113,6 +128,38 @@ class FeatureSet:
         """[D] video-level vector."""
         return self.features[self.index_of(video_id)]
 
+    def where(self, i: int) -> str:
+        """``<shard file> row <r>``: where row ``i`` of this set is stored."""
+        row = int(self._rows[i])
+        shard = int(np.searchsorted(self._shard_starts, row, side="right")) - 1
+        name = FileSystems.split(self.shards[shard])[1] if self.shards else "?"
+        return f"{name} row {row - int(self._shard_starts[shard])}"
+
+    def _refuse_nonfinite(self, bad: np.ndarray, what: str) -> None:
+        if not bad.size:
+            return
+        text = self.manifest.kind == "text"
+        more = ", ..." if bad.size > _SHOW else ""
+        ids = ", ".join(repr(self.ids[int(i)]) for i in bad[:_SHOW]) + more
+        places = ", ".join(self.where(int(i)) for i in bad[:_SHOW]) + more
+        raise ShardError(
+            f"{self.path}: {bad.size} row(s) hold NaN/inf values in their {what}, ids {ids} ({places}); "
+            f"re-extract those {'captions' if text else 'videos'} (delete their shards, every format, and rerun "
+            f"`vidfuse {'extract-text' if text else 'extract'}` into this folder)"
+            + ("" if text else " or leave those videos out of the split files")
+        )
+
+    def check_finite(self) -> None:
+        """Refuse NaN/inf video-level vectors (frames are checked when first read)."""
+        self._refuse_nonfinite(_nonfinite_rows(self.features), "feature vector")
+
+    def _raw_frames(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._frames is not None:
+            return self._frames
+        if self._raw is None:
+            self._raw = self._frames_loader()
+        return self._raw
+
     def _require_frames(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.has_frames:
             raise FeatureSetError(
@@ -120,7 +167,12 @@ class FeatureSet:
                 f"(level {self.manifest.level!r}; its extractor kept only video-level vectors)"
             )
         if self._frames is None:
-            self._frames = self._frames_loader()
+            matrix, offsets = self._raw_frames()
+            bad_rows = _nonfinite_rows(matrix)
+            if bad_rows.size:
+                owners = np.unique(np.searchsorted(offsets, bad_rows, side="right") - 1)
+                self._refuse_nonfinite(owners, "frame matrix")
+            self._frames, self._raw = (matrix, offsets), None
         return self._frames
 
     @property
@@ -157,7 +209,7 @@ class FeatureSet:
         values, offsets = _gather(self._index_values, self._index_offsets, rows)
 
         def frames_loader() -> tuple[np.ndarray, np.ndarray]:
-            return _gather(*self._require_frames(), rows)
+            return _gather(*self._raw_frames(), rows)  # checked by the subset: its rows only
 
         return FeatureSet(
             path=self.path,
@@ -171,6 +223,8 @@ class FeatureSet:
             has_frames=self.has_frames,
             frames_loader=frames_loader if self.has_frames else None,
             shards=self.shards,
+            rows=self._rows[rows],
+            shard_starts=self._shard_starts,
         )
 
 
@@ -185,24 +239,23 @@ def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[
     return values[take], new_offsets
 
 
-def _open_checked(path: str, manifest: Manifest, expected_hash: str, folder: str) -> ShardReader:
+def _open_checked(path: str, manifest: Manifest) -> ShardReader:
     shard = open_shard(path)
     try:
-        if shard.manifest_hash is None:
-            raise ShardError(
-                f"{folder}: shard {path} carries no manifest_hash (not written by vidfuse?); refusing to mix it in"
-            )
-        if shard.manifest_hash != expected_hash:
-            raise ShardError(
-                f"{folder}: shard {path} was written under manifest {shard.manifest_hash}, but manifest.json "
-                f"has {expected_hash} (extracted with another config); move it out or re-extract"
-            )
-        if shard.dim is not None and shard.dim != manifest.dim:
-            raise ShardError(f"{folder}: shard {path} has vectors of length {shard.dim}, manifest dim is {manifest.dim}")
+        check_header(shard, manifest)
     except BaseException:
         shard.close()
         raise
     return shard
+
+
+def _twin_paths(path: str, fmt: str, manifest: Manifest) -> list[str]:
+    """The same shard in the manifest's other formats (present: ``list_shards`` lists complete shards only)."""
+    required = list(dict.fromkeys(normalize_format(f) for f in manifest.formats))
+    if fmt not in required:
+        return []
+    stem = path[: -len(FORMAT_EXTENSIONS[fmt])]
+    return [stem + FORMAT_EXTENSIONS[f] for f in required if f != fmt]
 
 
 def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
@@ -241,8 +294,22 @@ def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -
     return missing
 
 
-def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
-    """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5."""
+def _stem(path: str) -> str:
+    """``part-0`` of ``.../part-0.parquet``, ``part-0.h5`` or ``part-0`` (manifests list either)."""
+    base = FileSystems.split(path)[1]
+    ext = next((e for e in FORMAT_EXTENSIONS.values() if base.endswith(e)), "")
+    return base[: len(base) - len(ext)]
+
+
+def load_feature_set(
+    path: str, fmt: str | None = None, ids: Sequence[str] | None = None, name: str | None = None
+) -> FeatureSet:
+    """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5.
+
+    ``ids``: return just those rows, in that order (missing ids are a MissingIdError), and check
+    only them for NaN/inf. ``name``: the feature set the caller expects (``"x3d"``,
+    ``"text/clip"``); a folder whose manifest names another is refused.
+    """
     path = path.rstrip("/") if len(path) > 1 else path
     manifest = read_manifest(path)
     if manifest is None:
@@ -251,18 +318,33 @@ def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
         raise FeatureSetError(
             f"{path}: no manifest.json; not a vidfuse feature folder, or its extraction never finished"
         )
+    if name is not None and manifest.name != name:
+        raise FeatureSetError(
+            f"{path}: manifest.json describes feature set {manifest.name!r}, not {name!r} "
+            "(a folder copied or renamed from another feature set?)"
+        )
     fmt, paths = _pick_format(path, fmt)
     listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
     if listed_missing:
-        raise FeatureSetError(f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}")
-    expected = manifest.hash()
+        raise FeatureSetError(
+            f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}; "
+            "deleted or lost? rerun the extraction into this folder to re-extract their rows"
+        )
+    listed = {_stem(entry) for entry in manifest.shards}
+    unlisted = [FileSystems.split(p)[1] for p in paths if _stem(p) not in listed]
+    if unlisted:  # an extraction killed before its last manifest update; the rows carry its hash
+        logger.warning("%s: reading %d shard(s) manifest.json does not list yet: %s", path, len(unlisted),
+                       _examples(unlisted))
     dim = manifest.dim
 
-    # Pass 1: headers (hash, dims, row counts) before any large read.
+    # Pass 1: headers (hash, dims, row counts), ids, and agreement with the other format's copy.
     readers = []
     try:
+        shard_ids: list[list[str]] = []
         for p in paths:
-            readers.append(_open_checked(p, manifest, expected, path))
+            readers.append(_open_checked(p, manifest))
+            shard_ids.append(readers[-1].ids())
+            check_twins(readers[-1], _twin_paths(p, fmt, manifest), shard_ids[-1])
         with_frames = [r.has_frames for r in readers]
         if any(with_frames) and not all(with_frames):
             lacking = [r.path for r in readers if not r.has_frames]
@@ -270,58 +352,48 @@ def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
         has_frames = bool(with_frames) and all(with_frames)
         total = sum(r.num_rows for r in readers)
 
-        # Pass 2: ids, vectors and small per-row data, straight into preallocated arrays.
+        # Pass 2: vectors and small per-row data, straight into preallocated arrays.
         features = np.empty((total, dim), dtype=np.float32)
         num_frames = np.empty(total, dtype=np.int64)
-        ids: list[str] = []
+        all_ids: list[str] = []
         owner: dict[str, str] = {}
         duplicates: list[str] = []
         index_values, index_lengths = [], []
-        start = 0
-        for reader in readers:
-            shard_ids = reader.ids()
-            for video_id in shard_ids:
+        starts = np.zeros(len(readers) + 1, np.int64)
+        for k, reader in enumerate(readers):
+            for video_id in shard_ids[k]:
                 if video_id in owner:
                     duplicates.append(f"{video_id!r} ({FileSystems.split(owner[video_id])[1]} and "
                                       f"{FileSystems.split(reader.path)[1]})")
                 else:
                     owner[video_id] = reader.path
-            stop = start + reader.num_rows
+            start, stop = starts[k], starts[k] + reader.num_rows
+            starts[k + 1] = stop
             features[start:stop] = reader.read_features(dim)
             num_frames[start:stop] = reader.read_num_frames()
             values, offsets = reader.read_frame_indices()
             index_values.append(values)
             index_lengths.append(np.diff(offsets))
-            ids.extend(shard_ids)
-            start = stop
+            all_ids.extend(shard_ids[k])
     finally:
         for reader in readers:
             reader.close()
 
     if duplicates:
-        raise ShardError(
-            f"{path}: {len(duplicates)} id(s) appear more than once across shards: "
-            + "; ".join(duplicates[:_SHOW]) + (" ..." if len(duplicates) > _SHOW else "")
-        )
-    bad = _nonfinite_rows(features)
-    if bad.size:
-        raise ShardError(
-            f"{path}: {bad.size} row(s) hold NaN/inf values, ids {_examples([ids[i] for i in bad[:_SHOW]], bad.size)} "
-            f"(in {sorted({FileSystems.split(owner[ids[i]])[1] for i in bad[:_SHOW]})})"
-        )
+        raise duplicate_ids_error(path, duplicates)
     index_offsets = np.zeros(total + 1, np.int64)
     if total:
         np.cumsum(np.concatenate(index_lengths), out=index_offsets[1:])
 
     def frames_loader() -> tuple[np.ndarray, np.ndarray]:
-        return _load_frames(path, paths, manifest, expected, ids)
+        return _load_frames(path, paths, manifest, all_ids)
 
     logger.info("loaded %s: %d x %d from %d %s shard(s)", manifest.name, total, dim, len(paths), fmt)
-    return FeatureSet(
+    whole = FeatureSet(
         path=path,
         fmt=fmt,
         manifest=manifest,
-        ids=ids,
+        ids=all_ids,
         features=features,
         num_frames=num_frames,
         frame_index_values=np.concatenate(index_values) if index_values else np.zeros(0, np.int64),
@@ -329,14 +401,16 @@ def load_feature_set(path: str, fmt: str | None = None) -> FeatureSet:
         has_frames=has_frames,
         frames_loader=frames_loader if has_frames else None,
         shards=paths,
+        shard_starts=starts[:-1],
     )
+    result = whole if ids is None else whole.subset(ids)
+    result.check_finite()
+    return result
 
 
-def _load_frames(
-    folder: str, paths: Sequence[str], manifest: Manifest, expected: str, ids: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """All shards' frame matrices in ids order; preallocated when the shards record their size."""
-    readers = [_open_checked(p, manifest, expected, folder) for p in paths]
+def _load_frames(folder: str, paths: Sequence[str], manifest: Manifest, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All shards' frame matrices in ids order, as read (the FeatureSet checks the rows it uses)."""
+    readers = [_open_checked(p, manifest) for p in paths]
     try:
         if sum(r.num_rows for r in readers) != len(ids):
             raise ShardError(f"{folder}: shards changed since the feature set was loaded; load it again")
@@ -363,11 +437,4 @@ def _load_frames(
     offsets = np.zeros(len(ids) + 1, np.int64)
     if ids:
         np.cumsum(np.concatenate(lengths), out=offsets[1:])
-    bad_rows = _nonfinite_rows(matrix)
-    if bad_rows.size:
-        videos = np.unique(np.searchsorted(offsets, bad_rows, side="right") - 1)
-        raise ShardError(
-            f"{folder}: frame matrices of {videos.size} video(s) hold NaN/inf values, ids "
-            f"{_examples([ids[i] for i in videos[:_SHOW]], videos.size)}"
-        )
     return matrix, offsets

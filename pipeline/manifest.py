@@ -122,10 +122,12 @@ class Manifest:
         except ManifestError as exc:
             raise ManifestError(f"{source}: {exc}") from None
         if stored_hash is not None and stored_hash != manifest.hash():
-            # The fields were edited by hand after writing: shards carry the old hash.
-            logger.warning(
-                "%s: stored manifest_hash %s differs from the hash of its fields %s (edited by hand?)",
-                source, stored_hash, manifest.hash(),
+            # Fields edited after writing: the manifest no longer describes the shards, which
+            # carry the recorded hash. Refused here, or every reader would blame the shards.
+            raise ManifestError(
+                f"{source}: edited after extraction: its fields hash to {manifest.hash()}, but it records "
+                f"manifest_hash {stored_hash}, the hash its shards were written under; restore the original "
+                "manifest.json (name, dim, model, sampling and config must describe the shards) or re-extract"
             )
         return manifest
 

@@ -393,13 +393,32 @@ def remove_incomplete_shards(out_dir: str, formats: Sequence[str] | None = None,
 
 
 def existing_ids(out_dir: str, formats: Sequence[str] | None = None) -> set[str]:
-    """Ids already present in complete shards (for resume); reads only the id column/dataset."""
+    """Ids already present in complete shards (for resume); reads only the id column/dataset.
+
+    A resume trusts these rows, so what it must not build on is refused (ShardError naming the
+    file): a shard that cannot be read, whose copy in another format is unreadable or holds
+    other rows, that was written under another manifest than the folder's, or an id that two
+    shards hold.
+    """
+    from pipeline.manifest import read_manifest
+
     found, required, complete = _complete_stems(out_dir, formats)
-    ids: set[str] = set()
+    manifest = read_manifest(out_dir) if complete else None
+    owner: dict[str, str] = {}
+    duplicates: list[str] = []
     for stem in complete:
         with open_shard(found[required[0]][stem]) as shard:
-            ids.update(shard.ids())
-    return ids
+            if manifest is not None:
+                check_header(shard, manifest)
+            check_twins(shard, [found[fmt][stem] for fmt in required[1:]])
+            for video_id in shard.ids():
+                if video_id in owner:
+                    duplicates.append(f"{video_id!r} ({_basename(owner[video_id])} and {_basename(shard.path)})")
+                else:
+                    owner[video_id] = shard.path
+    if duplicates:
+        raise duplicate_ids_error(out_dir, duplicates)
+    return set(owner)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -651,3 +670,78 @@ def open_shard(path: str) -> ShardReader:
     if path.endswith(FORMAT_EXTENSIONS["hdf5"]):
         return _HDF5Shard(path)
     raise ShardError(f"{path}: not a shard file (expected .parquet or .h5)")
+
+
+# ------------------------------------------------------------------------------------- checks
+
+REEXTRACT = (
+    "delete that shard (every format) and rerun the extraction (`vidfuse extract` / `extract-text`) "
+    "into this folder: a rerun re-extracts the rows no complete shard holds"
+)
+
+
+def check_header(shard: ShardReader, manifest) -> None:
+    """Refuse a shard that does not belong to ``manifest``'s folder: other dim, other config."""
+    if shard.dim is not None and shard.dim != manifest.dim:
+        raise ShardError(
+            f"{shard.path}: holds vectors of length {shard.dim}, manifest dim is {manifest.dim} (manifest.json)"
+        )
+    expected = manifest.hash()
+    if shard.manifest_hash is None:
+        raise ShardError(f"{shard.path}: carries no manifest_hash (not written by vidfuse?); refusing to mix it in")
+    if shard.manifest_hash != expected:
+        raise ShardError(
+            f"{shard.path}: written under manifest {shard.manifest_hash}, but the folder's manifest.json has "
+            f"{expected} (extracted with another config, or copied from another folder); move it out or re-extract"
+        )
+
+
+def _format_of(path: str) -> str:
+    return next((fmt for fmt, ext in FORMAT_EXTENSIONS.items() if path.endswith(ext)), "?")
+
+
+def check_twins(shard: ShardReader, twin_paths: Sequence[str], ids: Sequence[str] | None = None) -> None:
+    """Refuse a shard whose copies in other formats are unreadable or hold other rows.
+
+    Readers read one format; the others must not silently stay broken (a resume counts their
+    rows as done). Compares headers (rows, dim, manifest hash, frame rows) and, given ``ids``
+    (the shard's), the ids too.
+    """
+    for twin_path in twin_paths:
+        try:
+            twin = open_shard(twin_path)
+        except ShardError as exc:
+            raise ShardError(
+                f"{exc}; its {_format_of(shard.path)} copy {_basename(shard.path)} reads, but both copies must "
+                f"hold the same rows: {REEXTRACT}"
+            ) from None
+        with twin:
+            diffs = [
+                f"{what} {a} vs {b}"
+                for what, a, b in (
+                    ("rows", shard.num_rows, twin.num_rows),
+                    ("dim", shard.dim, twin.dim),
+                    ("manifest_hash", shard.manifest_hash, twin.manifest_hash),
+                    ("frames", shard.has_frames, twin.has_frames),
+                    ("frame rows", shard.frame_rows, twin.frame_rows),
+                )
+                if a is not None and b is not None and a != b
+            ]
+            if not diffs and ids is not None:
+                twin_ids = twin.ids()
+                row = next((i for i, (a, b) in enumerate(zip(ids, twin_ids)) if a != b), None)
+                if row is not None:
+                    diffs.append(f"row {row} holds id {ids[row]!r} vs {twin_ids[row]!r}")
+        if diffs:
+            raise ShardError(
+                f"{shard.path} and its {_format_of(twin_path)} copy {_basename(twin_path)} disagree "
+                f"({'; '.join(diffs)}): one was damaged or replaced; {REEXTRACT}"
+            )
+
+
+def duplicate_ids_error(out_dir: str, duplicates: Sequence[str]) -> ShardError:
+    shown = "; ".join(duplicates[:3]) + (" ..." if len(duplicates) > 3 else "")
+    return ShardError(
+        f"{out_dir}: {len(duplicates)} id(s) appear in more than one shard: {shown}; "
+        "a shard was copied in twice? delete one of the two"
+    )

@@ -72,18 +72,20 @@ def _base(name: str) -> str:
     return name[: -len(FRAMES_SUFFIX)] if name.endswith(FRAMES_SUFFIX) else name
 
 
-def _open(folder: str, what: str) -> FeatureSet:
+def _open(folder: str, what: str, name: str, ids: Sequence[str]) -> FeatureSet:
+    """The rows ``ids`` of feature set ``name`` (checked: its manifest names it, no NaN/inf in them)."""
     try:
-        return load_feature_set(folder)
+        return load_feature_set(folder, ids=ids, name=name)
     except VidfuseError as exc:
         raise TrainingSetError(f"{what} features: {exc}") from None
 
 
-def _bank_from_sets(sets: dict[str, FeatureSet], names: Sequence[str], ids: Sequence[str]) -> FeatureBank:
+def _bank_from_sets(sets: dict[str, FeatureSet], names: Sequence[str]) -> FeatureBank:
+    """Sets already holding the wanted rows, in order -> a bank (``name@frames``: their frames)."""
     bank = FeatureBank()
     for name in names:
         base = _base(name)
-        part = sets[base].subset(ids)
+        part = sets[base]
         if name.endswith(FRAMES_SUFFIX):
             if not part.has_frames:
                 raise TrainingSetError(f"{name!r} needs per-frame features, but {sets[base].path} kept none")
@@ -95,8 +97,8 @@ def _bank_from_sets(sets: dict[str, FeatureSet], names: Sequence[str], ids: Sequ
 
 def load_video_bank(features_dir: str, names: Sequence[str], video_ids: Sequence[str]) -> tuple[FeatureBank, dict[str, Manifest]]:
     """Video features ``names`` of ``video_ids`` (in that order); missing videos are an error."""
-    sets = {b: _open(posixpath.join(features_dir, b), "video") for b in dict.fromkeys(_base(n) for n in names)}
-    return _bank_from_sets(sets, names, video_ids), {b: s.manifest for b, s in sets.items()}
+    sets = {b: _open(posixpath.join(features_dir, b), "video", b, video_ids) for b in dict.fromkeys(_base(n) for n in names)}
+    return _bank_from_sets(sets, names), {b: s.manifest for b, s in sets.items()}
 
 
 def load_text_bank(
@@ -107,8 +109,9 @@ def load_text_bank(
     Returns (bank, manifests, vocab_size or None).
     """
     stored = [n for n in names if n not in LEARNED_TEXT_FEATURES]
-    sets = {n: _open(text_feature_dir(features_dir, n), "text") for n in stored}
-    bank = _bank_from_sets(sets, stored, [c.caption_id for c in captions])
+    caption_ids = [c.caption_id for c in captions]
+    sets = {n: _open(text_feature_dir(features_dir, n), "text", f"text/{n}", caption_ids) for n in stored}
+    bank = _bank_from_sets(sets, stored)
     vocab_size = None
     if any(n in LEARNED_TEXT_FEATURES for n in names):
         from extractors.text_bow import BowEncoder, BowVocabulary
