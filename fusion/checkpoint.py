@@ -44,12 +44,19 @@ def load_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # corrupt/truncated file: say which
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or not a checkpoint?): {reason}{_resume_hint(path)}"
+        ) from None
     missing = [k for k in ("model", "config") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         what = f"no {missing}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}, not a dict"
-        raise CheckpointError(f"{path} is not a vidfuse checkpoint ({what})")
+        raise CheckpointError(f"{path} is not a vidfuse checkpoint ({what}){_resume_hint(path)}")
     return ckpt
+
+
+def _resume_hint(path: Path) -> str:
+    """What to do when the resume state of a run is unusable (the run's other files stay as they are)."""
+    return f"; rerun with --fresh to start {path.parent} over" if path.name == LAST else ""
 
 
 def head_dims(head: RetrievalHead, video_dims: dict[str, int], text_dims: dict[str, int]) -> tuple[dict, dict]:

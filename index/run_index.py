@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from index.faiss_index import IndexStoreError, VideoIndex
+from index.faiss_index import IDS_FILE, INDEX_FILE, META_FILE, IndexStoreError, VideoIndex
 from pipeline.training_set import RUN_SOURCES
 from vidfuse.errors import VidfuseError
 
@@ -38,6 +38,7 @@ class Run:
     config: object
     info: dict
     sources: dict  # run.json: features, captions, splits, manifests
+    fingerprint: str = ""  # of the head's weights: an index records it, so a retrained run is noticed
 
     @classmethod
     def load(cls, run_dir: str, device: str = "cpu") -> "Run":
@@ -48,7 +49,7 @@ class Run:
             raise RunError(f"{run_dir} is not a trained run (no checkpoint.pt); train one with `vidfuse train --out {run_dir}`")
         head, cfg, info = load_run(path, device=device)
         sources = json.loads((path / RUN_SOURCES).read_text()) if (path / RUN_SOURCES).is_file() else {}
-        return cls(str(path.resolve()), head, cfg, info, sources)
+        return cls(str(path.resolve()), head, cfg, info, sources, weights_fingerprint(head))
 
     def source(self, key: str, given: str | None) -> str:
         """A path given on the command line, else the one the run was trained with."""
@@ -56,6 +57,30 @@ class Run:
         if not value:
             raise RunError(f"no --{key} given and {self.path}/{RUN_SOURCES} does not record one")
         return value
+
+
+def weights_fingerprint(head) -> str:
+    """Short hash of a head's weights: what its embeddings depend on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(head.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_index_run(index: VideoIndex, index_dir: str, run: Run, fix: str) -> None:
+    """Refuse an index whose meta.json names another run, or this run before it was retrained."""
+    if index.meta.get("run") != run.path:
+        raise RunError(f"index {index_dir} was built from run {index.meta.get('run')}, not {run.path}: {fix}")
+    recorded = index.meta.get("extra", {}).get("weights")
+    if index.meta.get("head") != run.config.head.type or (recorded and recorded != run.fingerprint):
+        raise RunError(
+            f"index {index_dir} was built from {run.path} before it was retrained (meta.json records head "
+            f"{index.meta.get('head')!r}, weights {recorded}; the run now has {run.config.head.type!r}, weights "
+            f"{run.fingerprint}): its embeddings are stale; {fix}"
+        )
 
 
 def split_video_ids(run: Run, features_dir: str, split: str, captions: str | None, splits: str | None) -> list[str]:
@@ -115,10 +140,12 @@ def build_index(
     features_dir = run.source("features", features_dir)
     ids = split_video_ids(run, features_dir, split, captions, splits)
     existing = None
-    if add and (Path(out_dir) / "index.faiss").is_file():
-        existing = VideoIndex.load(out_dir, device=device)
-        if existing.meta.get("run") != run.path:
-            raise RunError(f"{out_dir} was built from run {existing.meta.get('run')}, not {run.path}: rebuild it without --add")
+    if add and any((Path(out_dir) / f).exists() for f in (INDEX_FILE, IDS_FILE, META_FILE)):  # damaged: refused
+        try:
+            existing = VideoIndex.load(out_dir, device=device)
+        except IndexStoreError as exc:
+            raise RunError(f"{exc}; rebuild it without --add") from None
+        check_index_run(existing, out_dir, run, "rebuild it without --add")
         known = set(existing.ids)
         ids = [v for v in ids if v not in known]
         if not ids:
@@ -133,7 +160,7 @@ def build_index(
         index = VideoIndex.build(
             embeddings, ids, factory=factory, metric="ip", device=device, train_size=train_size, nprobe=nprobe,
             meta={"run": run.path, "head": run.config.head.type, "features": str(Path(features_dir).resolve()),
-                  "split": split, "exact": bool(getattr(run.head, "exact_index", True))},
+                  "split": split, "exact": bool(getattr(run.head, "exact_index", True)), "weights": run.fingerprint},
         )
     index.save(out_dir)
     return index, len(ids)
@@ -145,9 +172,5 @@ def load_index_for_run(index_dir: str, run: Run, device: str = "cpu") -> VideoIn
         index = VideoIndex.load(index_dir, device=device)
     except IndexStoreError as exc:
         raise RunError(str(exc)) from None
-    if index.meta.get("run") != run.path:
-        raise RunError(
-            f"index {index_dir} was built from run {index.meta.get('run')}, not {run.path}: "
-            f"build it with `vidfuse index --run {run.path} --out {index_dir}`"
-        )
+    check_index_run(index, index_dir, run, f"build it with `vidfuse index --run {run.path} --out {index_dir}`")
     return index

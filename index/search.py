@@ -29,13 +29,18 @@ class Searcher:
 
     def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100):
         from fusion.checkpoint import check_banks
+        from pipeline.features import read_feature_manifest
         from pipeline.query_encoder import QueryEncoder
-        from pipeline.training_set import head_features
+        from pipeline.text_job import text_feature_dir
+        from pipeline.training_set import LEARNED_TEXT_FEATURES, head_features
 
         self.run = Run.load(run_dir)
         self.index = load_index_for_run(index_dir, self.run)
         self.features_dir = self.run.source("features", features_dir or self.index.meta.get("extra", {}).get("features"))
         video_names, text_names = head_features(self.run.config.head)
+        for name in text_names:  # queries are encoded by what each folder's manifest describes: check it
+            if name not in LEARNED_TEXT_FEATURES:
+                read_feature_manifest(text_feature_dir(self.features_dir, name), f"text/{name}")
         self.queries = QueryEncoder(self.features_dir, text_names, device)
         self.rerank_k = rerank_k
         self.videos = None

@@ -37,7 +37,7 @@ from pipeline.shards import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set"]
+__all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set", "read_feature_manifest"]
 
 _SHOW = 5
 
@@ -301,16 +301,8 @@ def _stem(path: str) -> str:
     return base[: len(base) - len(ext)]
 
 
-def load_feature_set(
-    path: str, fmt: str | None = None, ids: Sequence[str] | None = None, name: str | None = None
-) -> FeatureSet:
-    """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5.
-
-    ``ids``: return just those rows, in that order (missing ids are a MissingIdError), and check
-    only them for NaN/inf. ``name``: the feature set the caller expects (``"x3d"``,
-    ``"text/clip"``); a folder whose manifest names another is refused.
-    """
-    path = path.rstrip("/") if len(path) > 1 else path
+def read_feature_manifest(path: str, name: str | None = None) -> Manifest:
+    """A feature folder's manifest; refused when absent, or (``name`` given) naming another feature set."""
     manifest = read_manifest(path)
     if manifest is None:
         if not FileSystems.exists(path):
@@ -323,6 +315,20 @@ def load_feature_set(
             f"{path}: manifest.json describes feature set {manifest.name!r}, not {name!r} "
             "(a folder copied or renamed from another feature set?)"
         )
+    return manifest
+
+
+def load_feature_set(
+    path: str, fmt: str | None = None, ids: Sequence[str] | None = None, name: str | None = None
+) -> FeatureSet:
+    """Load and check a feature folder; ``fmt`` None reads Parquet if present, else HDF5.
+
+    ``ids``: return just those rows, in that order (missing ids are a MissingIdError), and check
+    only them for NaN/inf. ``name``: the feature set the caller expects (``"x3d"``,
+    ``"text/clip"``); a folder whose manifest names another is refused.
+    """
+    path = path.rstrip("/") if len(path) > 1 else path
+    manifest = read_feature_manifest(path, name)
     fmt, paths = _pick_format(path, fmt)
     listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
     if listed_missing:
