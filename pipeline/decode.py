@@ -188,11 +188,11 @@ def open_video(path: str, backend: str = "decord", fallback: str | None = None, 
     """
     factory = _resolve_backend(backend)
     _check_options(backend, factory, kwargs)
-    second = _resolve_backend(fallback) if fallback else None
+    second = _resolve_backend(fallback) if fallback and fallback != backend else None
     try:
-        return factory(str(path), **kwargs)
+        reader = factory(str(path), **kwargs)
     except VideoDecodeError as primary:
-        if second is None or fallback == backend or getattr(primary, "file_level", False):
+        if second is None or getattr(primary, "file_level", False):
             raise  # no fallback, or the file itself is unreadable (no backend can help)
         log.info("%s: backend %s failed (%s); trying %s", path, backend, primary.reason, fallback)
         try:
@@ -201,6 +201,9 @@ def open_video(path: str, backend: str = "decord", fallback: str | None = None, 
             raise VideoDecodeError(
                 str(path), f"{backend}: {primary.reason}; {fallback}: {secondary.reason}"
             ) from secondary
+    if second is None:
+        return reader
+    return _FallbackOnRead(reader, lambda: second(str(path)), (backend, fallback))
 
 
 def _resolve_backend(name: str) -> Callable[..., VideoReader]:
@@ -231,6 +234,59 @@ def _file_error(path: str, reason: str) -> VideoDecodeError:
     return err
 
 
+class _FallbackOnRead(VideoReader):
+    """Reads through the primary backend's reader until a read fails, then reopens the file
+    with the fallback backend and reads from there on.
+
+    Why: decord opens some files it then cannot decode (frames a few dozen pixels wide fail
+    in ``get_batch``), so a fallback that only covers opening would still lose those videos.
+    The fallback must count the same frames, or the indices already sampled would not mean
+    the same frames; otherwise the video fails with both backends' reasons.
+    """
+
+    def __init__(self, primary: VideoReader, open_fallback: Callable[[], VideoReader], names: tuple[str, str]):
+        super().__init__(primary.path)
+        self._reader = primary
+        self._open_fallback: Callable[[], VideoReader] | None = open_fallback
+        self._names = names
+        self.info = primary.info
+
+    @property
+    def backend(self) -> VideoReader:
+        """The reader in use (the primary one until a read failed)."""
+        return self._reader
+
+    def frame_times(self) -> np.ndarray:
+        return self._reader.frame_times()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._reader.close()
+        super().close()
+
+    def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._reader._decode_sorted(indices)
+        except Exception as exc:
+            if self._open_fallback is None:
+                raise
+            first_reason = exc.reason if isinstance(exc, VideoDecodeError) else _clean_reason(exc)
+        primary, fallback = self._names
+        open_fallback, self._open_fallback = self._open_fallback, None
+        log.info("%s: backend %s failed to read frames (%s); trying %s", self.path, primary, first_reason, fallback)
+        try:
+            second = open_fallback()
+            if second.info.num_frames != self.info.num_frames:
+                second.close()
+                raise VideoDecodeError(self.path, f"counts {second.info.num_frames} frames, not {self.info.num_frames}")
+            self._reader.close()
+            self._reader, self.info = second, second.info
+            return second._decode_sorted(indices)
+        except Exception as exc:
+            second_reason = exc.reason if isinstance(exc, VideoDecodeError) else _clean_reason(exc)
+            raise VideoDecodeError(self.path, f"{primary}: {first_reason}; {fallback}: {second_reason}") from exc
+
+
 # --------------------------------------------------------------------------------------
 # Shared PyAV probing (used by every backend before its own open)
 # --------------------------------------------------------------------------------------
@@ -242,9 +298,15 @@ def _check_local_file(path: str) -> None:
     if _REMOTE.match(path) and not path.startswith("file://"):
         raise _file_error(path, "remote path: copy it to a local file first (the Beam layer does this)")
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise _file_error(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)")
         raise _file_error(path, "file not found")
     if os.path.isdir(path):
         raise _file_error(path, "is a directory, not a video file")
+    if not os.path.isfile(path):
+        raise _file_error(path, "not a regular file (a pipe, socket or device), so not a video file")
+    if not os.access(path, os.R_OK):
+        raise _file_error(path, "permission denied: this user cannot read the file")
     if os.path.getsize(path) == 0:
         raise _file_error(path, "file is empty (0 bytes)")
 
@@ -298,6 +360,27 @@ def _open_av(path: str):
     except BaseException:
         container.close()
         raise
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns (0-3) that show ``frame`` upright.
+
+    Phones store portrait video as landscape frames plus a display matrix; players turn the
+    frames, and so must we, or a model sees the video sideways. PyAV exposes the matrix only
+    on decoded frames (``VideoFrame.rotation``, degrees counter-clockwise).
+    """
+    return int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
+
+
+def _first_frame_turns(container, stream) -> int:
+    """:func:`_quarter_turns` of the first decodable frame (0 when none decodes: reading the
+    frames reports that problem with its own reason)."""
+    try:
+        for frame in container.decode(stream):
+            return _quarter_turns(frame)
+    except Exception:
+        pass
+    return 0
 
 
 def _codec_name(stream) -> str:
@@ -401,7 +484,14 @@ class DecordReader(VideoReader):
         container, stream = _open_av(self.path)
         codec = _codec_name(stream)
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        turns = _first_frame_turns(container, stream)
         container.close()
+        if turns:
+            # decord turns some rotated files and crashes on others: leave them to PyAV
+            raise VideoDecodeError(
+                self.path, f"display rotation of {90 * turns} degrees, which decord does not apply reliably; "
+                "use backend='pyav'"
+            )
         try:
             self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=int(num_threads))
             num_frames = len(self._vr)
@@ -475,10 +565,14 @@ class PyAVReader(VideoReader):
         rate = self._stream.average_rate
         duration = _duration(self._times, float(rate) if rate else 0.0)
         fps = float(rate) if rate else (num_frames / duration if duration > 0 else 0.0)
-        self.info = VideoInfo(self.path, num_frames, fps, int(ctx.width), int(ctx.height), duration)
         self._pts_to_index = {int(p): i for i, p in enumerate(self._index.pts.tolist())}
         # keyframe at or before each frame
         self._key_of = self._index.keyframes[np.searchsorted(self._index.keyframes, np.arange(num_frames), side="right") - 1]
+        self._turns = self._display_turns()
+        width, height = int(ctx.width), int(ctx.height)
+        if self._turns % 2:
+            width, height = height, width
+        self.info = VideoInfo(self.path, num_frames, fps, width, height, duration)
 
     def frame_times(self) -> np.ndarray:
         return self._times.copy()
@@ -487,6 +581,14 @@ class PyAVReader(VideoReader):
         if not self._closed:
             self._container.close()
         super().close()
+
+    def _display_turns(self) -> int:
+        """Quarter turns of the first frame (decoded here: PyAV shows rotation on frames only)."""
+        try:
+            first = next(self._frames_from(int(self._index.keyframes[0])), None)
+        except Exception:
+            return 0  # reading the frames reports the problem with its own reason
+        return _quarter_turns(first[1]) if first is not None else 0
 
     def _frame_index(self, frame, previous: int) -> int:
         if frame.pts is not None:
@@ -536,7 +638,8 @@ class PyAVReader(VideoReader):
                 raise VideoDecodeError(self.path, f"frame {target} could not be decoded (the stream ends after frame {position})")
             if position > target:
                 raise VideoDecodeError(self.path, f"frame {target} could not be decoded (the decoder skipped to frame {position})")
-            out[k] = frame.to_ndarray(format="rgb24")
+            image = frame.to_ndarray(format="rgb24")
+            out[k] = np.rot90(image, self._turns) if self._turns else image
         return out
 
 

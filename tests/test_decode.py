@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 
 import av
@@ -355,3 +356,97 @@ def test_fallback_does_not_retry_files_no_backend_can_read(bad_files):
     with pytest.raises(VideoDecodeError) as e:
         open_video(str(bad_files["text"]), backend="decord", fallback="pyav")
     assert "pyav:" not in e.value.reason
+
+
+# ------------------------------------------------------------------ unusual but valid videos
+@pytest.fixture(scope="module")
+def unusual(tmp_path_factory):
+    """Valid files that real collections hold and decoders trip on: (path, displayed (w, h))."""
+    d = tmp_path_factory.mktemp("unusual")
+    return {
+        "ten_bit_h264": (vf.write_video(d / "ten_bit.mp4", 24, pix_fmt="yuv420p10le"), (64, 48)),
+        "ten_bit_hevc": (vf.write_video(d / "ten_bit_hevc.mp4", 24, codec="hevc", pix_fmt="yuv420p10le"), (64, 48)),
+        "odd_size": (vf.write_video(d / "odd.mp4", 24, size=(65, 49), pix_fmt="yuv444p"), (65, 49)),
+        "narrow": (vf.write_video(d / "narrow.mp4", 24, size=(16, 96)), (16, 96)),  # decord fails in get_batch
+        "huge": (vf.write_video(d / "huge.mp4", 3, size=(3840, 2160), gop=None), (3840, 2160)),
+        "one_frame": (vf.write_video(d / "one.mp4", 1), (64, 48)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["ten_bit_h264", "ten_bit_hevc", "odd_size", "narrow", "huge", "one_frame"])
+def test_unusual_videos_decode_to_the_right_frames(unusual, kind):
+    """With the job's decoder settings (decord, PyAV fallback) and with PyAV alone."""
+    path, (width, height) = unusual[kind]
+    for opts in ({"backend": "decord", "fallback": "pyav"}, {"backend": "pyav"}):
+        with open_video(str(path), **opts) as r:
+            assert (r.info.width, r.info.height) == (width, height)
+            every = np.arange(r.info.num_frames)
+            frames = r.get_frames(every)
+        assert frames.shape == (every.size, height, width, 3)
+        if width >= 16 * vf.GRID_COLS:  # cells large enough to survive 4:2:0 coding
+            assert ids(frames) == every.tolist()
+        else:  # a 4-pixel-wide cell: compare with PyAV's own frames instead
+            with av.open(str(path)) as c:
+                direct = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+            assert np.array_equal(frames, direct)
+
+
+def test_a_read_decord_fails_on_is_retried_with_the_fallback(unusual):
+    path = str(unusual["narrow"][0])
+    with open_video(path, backend="decord") as r:  # opens, then cannot copy the frames out
+        with pytest.raises(VideoDecodeError, match="DECORDError") as e:
+            r.get_frames([0, 1])
+    assert e.value.path == path
+    with open_video(path, backend="decord", fallback="pyav") as r:
+        first = r.get_frames([0, 5])
+        assert type(r.backend).__name__ == "PyAVReader"  # used from then on
+        assert np.array_equal(r.get_frames([5]), first[1:])
+
+
+def test_fallback_counting_other_frames_fails_with_both_reasons(unusual, monkeypatch):
+    import pipeline.decode as decode
+
+    path = str(unusual["narrow"][0])
+    real = decode._BACKENDS["pyav"]
+
+    def short_pyav(p):
+        reader = real(p)
+        reader.info = VideoInfo(**{**reader.info.__dict__, "num_frames": reader.info.num_frames - 1})
+        return reader
+
+    monkeypatch.setitem(decode._BACKENDS, "pyav", short_pyav)
+    with open_video(path, backend="decord", fallback="pyav") as r:
+        with pytest.raises(VideoDecodeError) as e:
+            r.get_frames([0])
+    assert e.value.reason.startswith("decord: DECORDError")
+    assert "; pyav: counts 23 frames, not 24" in e.value.reason
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270, -90])
+def test_rotated_videos_come_out_upright(tmp_path, rotation):
+    """Phones store portrait video sideways plus a display matrix: frames must come out as a
+    player shows them, whichever backend the job asked for."""
+    path = str(vf.write_video(tmp_path / "phone.mp4", 20, size=(64, 48), rotation=rotation))
+    for opts in ({"backend": "decord", "fallback": "pyav"}, {"backend": "pyav"}):
+        with open_video(path, **opts) as r:
+            assert (r.info.width, r.info.height) == (64, 48)
+            frames = r.get_frames([0, 7, 19, 3])
+        assert frames.shape == (4, 48, 64, 3)
+        assert ids(frames) == [0, 7, 19, 3]
+    with pytest.raises(VideoDecodeError, match=r"display rotation of \d+ degrees.*backend='pyav'"):
+        open_video(path, backend="decord")  # decord alone: refused, not read sideways
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda d: (d / "gone.mp4").symlink_to(d / "nowhere.mp4") or d / "gone.mp4", "broken symbolic link"),
+        (lambda d: os.mkfifo(d / "pipe.mp4") or d / "pipe.mp4", "not a regular file"),
+    ],
+    ids=["broken_link", "fifo"],
+)
+def test_entries_that_are_not_video_files_are_named(tmp_path, make, reason):
+    path = str(make(tmp_path))
+    with pytest.raises(VideoDecodeError, match=reason) as e:
+        open_video(path, backend="decord", fallback="pyav")  # never blocks on the pipe
+    assert e.value.path == path

@@ -7,7 +7,8 @@ test can tell exactly which frame a decoder returned with :func:`read_frame_inde
 
 Broken files for error-path tests: :func:`write_corrupt`, :func:`write_truncated`,
 :func:`write_zero_byte`, :func:`write_text_as_mp4`, :func:`write_random_bytes`,
-:func:`write_audio_only`, :func:`write_undecodable`; :func:`write_vfr_video` writes variable-frame-rate video.
+:func:`write_audio_only`, :func:`write_undecodable`; :func:`write_vfr_video` writes variable-frame-rate video;
+:func:`write_video` also writes rotated (display matrix), 10-bit and odd-sized video.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LOW, HIGH = 32, 224  # cell intensities for bit 0 / bit 1: far from the threshol
 PathLike = Union[str, os.PathLike]
 Pattern = Union[str, Callable[[int, int, int], np.ndarray]]
 
-_CODECS = {"h264": "libx264", "libx264": "libx264", "mpeg4": "mpeg4", "gif": "gif"}
+_CODECS = {"h264": "libx264", "libx264": "libx264", "hevc": "libx265", "mpeg4": "mpeg4", "gif": "gif"}
 
 
 def _cell_bounds(size: int, cells: int, k: int) -> tuple[int, int]:
@@ -101,17 +102,20 @@ def read_frame_indices(frames: np.ndarray) -> list[int]:
     return [read_frame_index(f) for f in frames]
 
 
-def _make_stream(container: av.container.OutputContainer, codec: str, rate, size, gop: int | None):
+def _make_stream(container: av.container.OutputContainer, codec: str, rate, size, gop: int | None,
+                 pix_fmt: str | None = None):
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; one of {sorted(_CODECS)}")
     stream = container.add_stream(_CODECS[codec], rate=rate)
     stream.width, stream.height = size
-    stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+    stream.pix_fmt = pix_fmt or ("rgb8" if codec == "gif" else "yuv420p")
     if codec == "gif":
         return stream
     if gop is not None:
         stream.codec_context.gop_size = gop
-    if _CODECS[codec] == "libx264":
+    if _CODECS[codec] == "libx265":
+        stream.options = {"x265-params": f"log-level=none:keyint={gop or 250}"}
+    elif _CODECS[codec] == "libx264":
         # Quiet x264; keep B-frames (default) so decoders must reorder, like real files.
         opts = {"preset": "veryfast", "crf": "18"}
         if gop is not None:
@@ -142,25 +146,36 @@ def write_video(
     pattern: Pattern = "bits",
     gop: int | None = 12,
     faststart: bool = False,
+    pix_fmt: str | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Write a constant-frame-rate video; frame i shows ``pattern(i, height, width)``.
 
     ``size`` is (width, height). ``gop`` sets the keyframe interval (so seeking is exercised);
     ``faststart`` moves the mp4 index to the front (then truncating the file keeps it openable).
     ``num_frames=0`` writes a container holding no frames (mp4 then drops the empty stream).
-    ``codec="gif"`` needs a ``.gif`` path.
+    ``codec="gif"`` needs a ``.gif`` path. ``pix_fmt``: e.g. ``yuv444p`` (odd sizes) or
+    ``yuv420p10le`` (10-bit). ``rotation`` (degrees counter-clockwise, a multiple of 90) writes
+    the frames turned the other way plus a display matrix, as phones store portrait video: a
+    player that honours the matrix shows ``pattern`` upright at ``size``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fn = _pattern_fn(pattern)
     width, height = size
+    turns = (rotation // 90) % 4
+    if rotation % 90:
+        raise ValueError("rotation must be a multiple of 90 degrees")
+    stored_size = (height, width) if turns % 2 else (width, height)
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = _make_stream(container, codec, Fraction(fps).limit_denominator(1001), size, gop)
+        stream = _make_stream(container, codec, Fraction(fps).limit_denominator(1001), stored_size, gop, pix_fmt)
+        if turns:
+            stream.set_display_rotation(rotation)
         container.start_encoding()  # so that num_frames=0 still writes a file
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(fn(i, height, width), format="rgb24")
-            container.mux(stream.encode(frame))
+            image = np.ascontiguousarray(np.rot90(fn(i, height, width), -turns))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode(None))
     return path
 
