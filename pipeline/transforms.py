@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from pipeline.video_files import has_video_extension, local_copy, video_glob, video_id_for
+from pipeline.video_files import has_video_extension, is_local, list_videos, local_copy, video_glob, video_id_for
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,16 @@ class MatchVideos(beam.PTransform):
 
     def expand(self, pbegin):
         video_dir, extensions = self.video_dir, self.extensions
-        return (
-            pbegin
-            | "Match" >> fileio.MatchFiles(video_glob(video_dir))
-            | "KeepVideos" >> beam.Filter(lambda m: has_video_extension(m.path, extensions))
-            | "NameVideos" >> beam.Map(lambda m: (video_id_for(m.path, video_dir), m.path))
-        )
+        if is_local(video_dir):  # listed here: links followed, broken ones kept (see list_videos)
+            paths = pbegin | "List" >> beam.Create(list_videos(video_dir, extensions))
+        else:  # listed by the runner's workers, however many files
+            paths = (
+                pbegin
+                | "Match" >> fileio.MatchFiles(video_glob(video_dir))
+                | "Paths" >> beam.Map(lambda m: m.path)
+                | "KeepVideos" >> beam.Filter(has_video_extension, extensions)
+            )
+        return paths | "NameVideos" >> beam.Map(lambda p: (video_id_for(p, video_dir), p))
 
 
 class _DecodeAndSampleFn(beam.DoFn):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import posixpath
 import shutil
@@ -17,6 +18,8 @@ from typing import Iterator, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from vidfuse.errors import VidfuseError
+
+log = logging.getLogger(__name__)
 
 
 class NoVideosError(VidfuseError):
@@ -56,12 +59,49 @@ def video_id_for(path: str, video_dir: str) -> str:
     return posixpath.splitext(rel.replace(os.sep, "/"))[0]
 
 
+def _warn_unlistable(error: OSError) -> None:
+    log.warning("cannot list %s (%s): the videos under it are not extracted", error.filename, error.strerror)
+
+
+def walk_local_files(root: str) -> Iterator[str]:
+    """Every file under the local folder ``root``, following links to folders.
+
+    Why not Beam's local listing: it does not follow folder links (datasets are often linked
+    into a videos folder) and silently drops broken links. Here each real folder is entered
+    once, so a link loop ends and a folder linked twice is listed once; broken links and
+    other non-regular entries are listed, so that decoding names them instead of the video
+    going missing unnoticed.
+    """
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_warn_unlistable):
+        try:
+            stat = os.stat(dirpath)
+        except OSError as exc:
+            _warn_unlistable(exc)
+            dirnames[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirnames[:] = []  # reached again through a link: already listed
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield os.path.join(dirpath, name)
+
+
 def list_videos(video_dir: str, extensions: Sequence[str]) -> list[str]:
-    """Every video path under ``video_dir`` (recursive), sorted; a clear error when none."""
-    if is_local(video_dir) and not os.path.isdir(video_dir):
-        raise NoVideosError(f"video folder not found: {video_dir}")
-    matches = FileSystems.match([video_glob(video_dir)])[0].metadata_list
-    paths = sorted(m.path for m in matches if has_video_extension(m.path, extensions))
+    """Every video path under ``video_dir`` (recursive), sorted; a clear error when none.
+
+    Local folders are walked with :func:`walk_local_files`; other filesystems through
+    Beam's ``FileSystems.match``.
+    """
+    if is_local(video_dir):
+        if not os.path.isdir(video_dir):
+            raise NoVideosError(f"video folder not found: {video_dir}")
+        listed = walk_local_files(normalise_dir(video_dir))
+    else:
+        listed = (m.path for m in FileSystems.match([video_glob(video_dir)])[0].metadata_list)
+    paths = sorted(p for p in listed if has_video_extension(p, extensions))
     if not paths:
         raise NoVideosError(
             f"no videos found under {video_dir} (looked recursively for {', '.join(extensions)})"
