@@ -12,6 +12,7 @@ what was expected, never a bare ``UnicodeDecodeError``/``KeyError`` from deep in
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -53,26 +54,42 @@ def video_id_of(caption_id: str) -> str:
     return vid
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """Whole file as text (UTF-8, BOM tolerated); bad bytes are an error naming file and line."""
+def read_text_file(path: str | os.PathLike, error: type[VidfuseError] | None = None) -> str:
+    """Whole file as UTF-8 text (a UTF-8 BOM is dropped); anything else is an ``error`` naming file and line.
+
+    ``error`` defaults to :class:`CaptionFormatError`. A UTF-16/32 file (Windows "Unicode" text,
+    told by its byte order mark) is refused with that said, rather than guessed at: bytes
+    that merely start like a BOM would otherwise decode to plausible-looking nonsense.
+    A NUL byte means a binary file.
+    """
+    error = error or CaptionFormatError
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CaptionFormatError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise CaptionFormatError(f"{path}: is a directory, expected a file") from None
+        raise error(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
-        raise CaptionFormatError(f"{path}: cannot read ({exc.strerror})") from None
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+    for name, bom in (("UTF-32", codecs.BOM_UTF32_LE), ("UTF-32", codecs.BOM_UTF32_BE),
+                      ("UTF-16", codecs.BOM_UTF16_LE), ("UTF-16", codecs.BOM_UTF16_BE)):
+        if data.startswith(bom):
+            raise error(f"{path} line 1: not valid UTF-8: starts with a {name} byte order mark ({bom.hex(' ')}); "
+                        "re-encode the file as UTF-8")
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CaptionFormatError(
+        raise error(
             f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
             "re-encode the file as UTF-8"
         ) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise error(f"{path} line {text.count(chr(10), 0, nul) + 1}: NUL byte: a binary file, not text")
+    return text
 
 
 def _clean(text: str) -> str:
@@ -107,14 +124,17 @@ class CaptionCollector:
         text = _clean(text)
         if not text:
             raise CaptionFormatError(f"{at}: empty caption text for video {video_id!r}")
-        if caption_id is None:
+        numbered = caption_id is None
+        if numbered:  # the next number of this video not already taken by an explicit id
+            while f"{video_id}#{self._per_video[video_id]}" in self._first:
+                self._per_video[video_id] += 1
             caption_id = f"{video_id}#{self._per_video[video_id]}"
         elif video_id_of(caption_id) != video_id or any(ch.isspace() for ch in caption_id):
             raise CaptionFormatError(f"{at}: caption id {caption_id!r} is not of the form '{video_id}#<k>'")
         self._per_video[video_id] += 1
         if caption_id in self._first:
             raise CaptionFormatError(f"{at}: duplicate caption id {caption_id!r} (first at {self._first[caption_id]})")
-        self._first[caption_id] = at
+        self._first[caption_id] = f"{at}, numbered automatically" if numbered else at
         self.captions.append(Caption(caption_id, video_id, text))
 
     def result(self, expected: str) -> list[Caption]:
@@ -131,7 +151,7 @@ def _read_laff(path: Path, text: str) -> list[Caption]:
             continue
         parts = line.strip().split(None, 1)
         cap_id = parts[0]
-        if "#" not in cap_id or cap_id.startswith("#"):
+        if "#" not in cap_id or cap_id.startswith("#") or cap_id.endswith("#"):
             raise CaptionFormatError(f"{path} line {lineno}: caption id {cap_id!r} is not '<video_id>#<k>'; expected {expected}")
         if len(parts) < 2:
             raise CaptionFormatError(f"{path} line {lineno}: caption {cap_id!r} has no text; expected {expected}")
@@ -202,6 +222,8 @@ def _read_csv(path: Path, text: str) -> list[Caption]:
     try:
         for row in reader:
             where = f"line {reader.line_num}"
+            if None not in row and not any((value or "").strip() for value in row.values()):
+                continue  # a whitespace-only line (csv skips only truly empty ones)
             if None in row:  # more fields than the header names
                 raise CaptionFormatError(f"{path} {where}: {len(fields) + len(row[None])} fields, header has {len(fields)}")
             if row[text_col] is None:
