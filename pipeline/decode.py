@@ -372,10 +372,11 @@ def _quarter_turns(frame) -> int:
     return int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
 
 
-def _first_frame_turns(container, stream) -> int:
-    """:func:`_quarter_turns` of the first decodable frame (0 when none decodes: reading the
+def _first_frame_turns(container, stream, index: "_PacketIndex") -> int:
+    """:func:`_quarter_turns` of the first frame (0 when it does not decode: reading the
     frames reports that problem with its own reason)."""
     try:
+        container.seek(int(index.pts[0]), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             return _quarter_turns(frame)
     except Exception:
@@ -472,8 +473,11 @@ class DecordReader(VideoReader):
 
     ``num_threads``: decoder threads per video (0 = FFmpeg's choice, all cores). 1 suits
     the Beam job, which already runs one worker process per core.
-    A PyAV probe runs first (about 1.5 ms): it keeps decord away from files it fails on
-    noisily, gives clearer reasons, and reports the frame size without decoding.
+    A PyAV probe runs first (a few ms: it demuxes the packets and decodes the first frame).
+    It keeps decord away from files it fails on noisily, gives clearer reasons, and refuses
+    the files decord reads wrongly, which the PyAV fallback then reads: rotated video (decord
+    turns some and crashes on others) and open-GOP streams, where decord misplaces the
+    keyframes and returns the wrong frames after a seek.
     """
 
     def __init__(self, path: str, num_threads: int = 1):
@@ -482,12 +486,14 @@ class DecordReader(VideoReader):
 
         _quiet_decord()
         container, stream = _open_av(self.path)
-        codec = _codec_name(stream)
-        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-        turns = _first_frame_turns(container, stream)
-        container.close()
+        try:
+            codec = _codec_name(stream)
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            index = _index_packets(self.path, container, stream)
+            turns = _first_frame_turns(container, stream, index)
+        finally:
+            container.close()
         if turns:
-            # decord turns some rotated files and crashes on others: leave them to PyAV
             raise VideoDecodeError(
                 self.path, f"display rotation of {90 * turns} degrees, which decord does not apply reliably; "
                 "use backend='pyav'"
@@ -497,8 +503,15 @@ class DecordReader(VideoReader):
             num_frames = len(self._vr)
             stamps = np.asarray(self._vr.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
             fps = float(self._vr.get_avg_fps())
+            keyframes = np.asarray(self._vr.get_key_indices(), dtype=np.int64)
         except Exception as exc:
             raise VideoDecodeError(self.path, self._open_reason(exc, codec)) from None
+        if num_frames == index.pts.size and not np.array_equal(keyframes, index.keyframes):
+            self._vr = None
+            raise VideoDecodeError(
+                self.path, f"decord places the keyframes at frames {keyframes[:4].tolist()}, not "
+                f"{index.keyframes[:4].tolist()} (an open-GOP stream), so it would return wrong frames; use backend='pyav'"
+            )
         self._times = stamps[:, 0] - stamps[0, 0]
         duration = _duration(self._times, fps)
         if not np.isfinite(fps) or fps <= 0:
@@ -568,7 +581,7 @@ class PyAVReader(VideoReader):
         self._pts_to_index = {int(p): i for i, p in enumerate(self._index.pts.tolist())}
         # keyframe at or before each frame
         self._key_of = self._index.keyframes[np.searchsorted(self._index.keyframes, np.arange(num_frames), side="right") - 1]
-        self._turns = self._display_turns()
+        self._turns = _first_frame_turns(self._container, self._stream, self._index)
         width, height = int(ctx.width), int(ctx.height)
         if self._turns % 2:
             width, height = height, width
@@ -581,14 +594,6 @@ class PyAVReader(VideoReader):
         if not self._closed:
             self._container.close()
         super().close()
-
-    def _display_turns(self) -> int:
-        """Quarter turns of the first frame (decoded here: PyAV shows rotation on frames only)."""
-        try:
-            first = next(self._frames_from(int(self._index.keyframes[0])), None)
-        except Exception:
-            return 0  # reading the frames reports the problem with its own reason
-        return _quarter_turns(first[1]) if first is not None else 0
 
     def _frame_index(self, frame, previous: int) -> int:
         if frame.pts is not None:
@@ -631,9 +636,16 @@ class PyAVReader(VideoReader):
             if frames is None or self._key_of[target] > position + 1:
                 frames = self._start_at(target)  # a keyframe lies ahead: skip the frames between
             frame = None
-            for position, frame in frames:
-                if position >= target:
-                    break
+            try:
+                for position, frame in frames:
+                    if position >= target:
+                        break
+            except VideoDecodeError:
+                raise
+            except Exception as exc:  # the data of a frame the index lists is missing or damaged
+                raise VideoDecodeError(
+                    self.path, f"frame {target} could not be decoded ({_clean_reason(exc)}); the file may be truncated or damaged"
+                ) from None
             if position < target:
                 raise VideoDecodeError(self.path, f"frame {target} could not be decoded (the stream ends after frame {position})")
             if position > target:

@@ -422,6 +422,19 @@ def test_fallback_counting_other_frames_fails_with_both_reasons(unusual, monkeyp
     assert "; pyav: counts 23 frames, not 24" in e.value.reason
 
 
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_open_gop_video_gives_the_right_frame_read_one_at_a_time(tmp_path, codec):
+    """decord misplaces open-GOP keyframes and returns other frames after a seek: refused, so
+    the fallback reads it."""
+    path = str(vf.write_video(tmp_path / f"open_{codec}.mp4", 30, codec=codec, gop=12, open_gop=True))
+    with pytest.raises(VideoDecodeError, match="open-GOP.*backend='pyav'"):
+        open_video(path, backend="decord")
+    for opts in ({"backend": "decord", "fallback": "pyav"}, {"backend": "pyav"}):
+        for i in range(30):
+            with open_video(path, **opts) as r:
+                assert ids(r.get_frames([i])) == [i]
+
+
 @pytest.mark.parametrize("rotation", [90, 180, 270, -90])
 def test_rotated_videos_come_out_upright(tmp_path, rotation):
     """Phones store portrait video sideways plus a display matrix: frames must come out as a

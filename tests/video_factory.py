@@ -103,7 +103,7 @@ def read_frame_indices(frames: np.ndarray) -> list[int]:
 
 
 def _make_stream(container: av.container.OutputContainer, codec: str, rate, size, gop: int | None,
-                 pix_fmt: str | None = None):
+                 pix_fmt: str | None = None, open_gop: bool = False):
     if codec not in _CODECS:
         raise ValueError(f"unknown codec {codec!r}; one of {sorted(_CODECS)}")
     stream = container.add_stream(_CODECS[codec], rate=rate)
@@ -114,7 +114,7 @@ def _make_stream(container: av.container.OutputContainer, codec: str, rate, size
     if gop is not None:
         stream.codec_context.gop_size = gop
     if _CODECS[codec] == "libx265":
-        stream.options = {"x265-params": f"log-level=none:keyint={gop or 250}"}
+        stream.options = {"x265-params": f"log-level=none:keyint={gop or 250}:open-gop={int(open_gop)}"}
     elif _CODECS[codec] == "libx264":
         # Quiet x264; keep B-frames (default) so decoders must reorder, like real files.
         opts = {"preset": "veryfast", "crf": "18"}
@@ -122,6 +122,8 @@ def _make_stream(container: av.container.OutputContainer, codec: str, rate, size
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0:log=-1"
         else:
             opts["x264-params"] = "log=-1"
+        if open_gop:
+            opts["x264-params"] += ":open-gop=1:bframes=3"
         stream.options = opts
     else:
         stream.codec_context.bit_rate = 2_000_000
@@ -148,6 +150,7 @@ def write_video(
     faststart: bool = False,
     pix_fmt: str | None = None,
     rotation: int = 0,
+    open_gop: bool = False,
 ) -> Path:
     """Write a constant-frame-rate video; frame i shows ``pattern(i, height, width)``.
 
@@ -157,7 +160,8 @@ def write_video(
     ``codec="gif"`` needs a ``.gif`` path. ``pix_fmt``: e.g. ``yuv444p`` (odd sizes) or
     ``yuv420p10le`` (10-bit). ``rotation`` (degrees counter-clockwise, a multiple of 90) writes
     the frames turned the other way plus a display matrix, as phones store portrait video: a
-    player that honours the matrix shows ``pattern`` upright at ``size``.
+    player that honours the matrix shows ``pattern`` upright at ``size``. ``open_gop``: B-frames
+    before a keyframe may refer to the GOP before it (broadcast and x265's default).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +173,8 @@ def write_video(
     stored_size = (height, width) if turns % 2 else (width, height)
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = _make_stream(container, codec, Fraction(fps).limit_denominator(1001), stored_size, gop, pix_fmt)
+        stream = _make_stream(container, codec, Fraction(fps).limit_denominator(1001), stored_size, gop, pix_fmt,
+                              open_gop)
         if turns:
             stream.set_display_rotation(rotation)
         container.start_encoding()  # so that num_frames=0 still writes a file
