@@ -10,7 +10,9 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
+import warnings
 from typing import Sequence
 
 from vidfuse import __version__
@@ -55,6 +57,28 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+OUR_PACKAGES = ("vidfuse", "pipeline", "extractors", "fusion", "index")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """INFO from our packages, WARNING from libraries (open_clip logs each model build at INFO
+    on the root logger), everything with ``-v``; Beam relays every worker's INFO lines, so it
+    is kept to errors unless ``-v``: the terminal is for progress."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if verbose:
+        return
+    for name in OUR_PACKAGES:
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # a library's deprecation notice the user cannot act on, here and in Beam's worker processes
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit._script")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.jit._script")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -63,13 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "passes_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if not args.verbose:  # Beam relays every worker's INFO lines; keep the terminal for progress
-        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    _configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
