@@ -12,6 +12,9 @@ Layout (DESIGN §4):
   range when unknown), and for frame-/clip-level features ``frames`` [sum T_i, D] float32 with
   ``offsets`` [N+1] int64. File attributes: ``manifest_hash``, ``vidfuse_format``, ``dim``.
 
+Integrity: Parquet pages carry CRC checksums and HDF5 numeric datasets the fletcher32 filter, both
+verified on read, so a damaged byte inside a shard is a ShardError naming it, never a wrong value.
+
 Atomicity: every format of a shard is first written under a temp name
 ``.tmp-<stem>.<random><ext>.partial`` (hidden, and not ending in ``.parquet``/``.h5``, so listing
 never sees it), then all are renamed to their final names. A shard *stem* is complete when a final
@@ -222,7 +225,7 @@ def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
 def _write_parquet(path: str, packed: _Packed, manifest_hash: str) -> None:
     table = _to_table(packed, manifest_hash)
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table, handle, write_page_checksum=True)  # a flipped byte is an error, not a value
 
 
 def _write_h5_file(local_path: str, packed: _Packed, manifest_hash: str) -> None:
@@ -233,13 +236,13 @@ def _write_h5_file(local_path: str, packed: _Packed, manifest_hash: str) -> None
         f.attrs["vidfuse_format"] = FORMAT_VERSION
         f.attrs["dim"] = packed.dim
         f.create_dataset("video_ids", data=packed.ids, dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("features", data=packed.features)
-        f.create_dataset("num_frames", data=packed.num_frames)
-        f.create_dataset("frame_indices", data=packed.index_values)
-        f.create_dataset("frame_indices_offsets", data=packed.index_offsets)
+        numbers = {"features": packed.features, "num_frames": packed.num_frames,
+                   "frame_indices": packed.index_values, "frame_indices_offsets": packed.index_offsets}
         if packed.frames is not None:
-            f.create_dataset("frames", data=packed.frames)
-            f.create_dataset("offsets", data=packed.frame_offsets)
+            numbers.update(frames=packed.frames, offsets=packed.frame_offsets)
+        for name, data in numbers.items():
+            # fletcher32: a flipped byte is a read error, not a value (needs chunks: none when empty)
+            f.create_dataset(name, data=data, fletcher32=bool(data.size))
 
 
 def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
@@ -491,10 +494,10 @@ class _ParquetShard(ShardReader):
         self._stream = None
         with _errors(path, "the Parquet footer"):
             if _is_local(path):
-                self._file = pq.ParquetFile(path, memory_map=True)
+                self._file = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
             else:
                 self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-                self._file = pq.ParquetFile(self._stream)
+                self._file = pq.ParquetFile(self._stream, page_checksum_verification=True)
             schema = self._file.schema_arrow
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
         self.manifest_hash = meta.get(MANIFEST_HASH_KEY)

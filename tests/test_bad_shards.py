@@ -221,6 +221,34 @@ def _dmg_not_a_shard(f):
     return [path.name, "not a parquet file"]
 
 
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _dmg_flipped_byte_in_parquet_vectors(f):  # bit rot inside a data page; the footer is fine
+    import pyarrow.parquet as pq
+
+    path = _first(f, ".parquet")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("feature"))
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    _flip_byte(path, start + chunk.total_compressed_size // 2)
+    return [path.name, "cannot read column 'feature'"]
+
+
+def _dmg_flipped_byte_in_hdf5_vectors(f):
+    import h5py
+
+    _hdf5_only(f)
+    path = _first(f, ".h5")
+    with h5py.File(path, "r") as h5:
+        chunk = h5["features"].id.get_chunk_info(0)
+    _flip_byte(path, chunk.byte_offset + chunk.size // 2)
+    return [path.name, "cannot read dataset 'features'"]
+
+
 def _dmg_truncated_hdf5_copy(f):  # the Parquet copy, which is read, is fine
     path = _first(f, ".h5")
     _truncate(path, 0.9)
@@ -330,6 +358,8 @@ FOLDER_DAMAGE = {
     "truncated_parquet": _dmg_truncated_parquet,
     "zero_byte_parquet": _dmg_zero_byte_parquet,
     "not_parquet_or_hdf5": _dmg_not_a_shard,
+    "flipped_byte_in_parquet_vectors": _dmg_flipped_byte_in_parquet_vectors,
+    "flipped_byte_in_hdf5_vectors": _dmg_flipped_byte_in_hdf5_vectors,
     "truncated_hdf5_copy": _dmg_truncated_hdf5_copy,
     "zero_byte_hdf5_copy": _dmg_zero_byte_hdf5_copy,
     "copies_hold_other_ids": _dmg_copies_hold_other_ids,
