@@ -156,10 +156,62 @@ class SplitBanks:
     vocab_size: int | None
 
 
+def failed_extractions(features_dir: str, names: Sequence[str]) -> dict[str, str]:
+    """Videos the extraction job recorded as unreadable for any feature set ``names`` (its
+    ``errors.jsonl``): video id -> reason. A record may name a video that has rows anyway
+    (a second file with the same id), so callers check presence."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.extract_job import ERRORS_FILE
+
+    path = posixpath.join(features_dir, ERRORS_FILE)
+    if not FileSystems.exists(path):
+        return {}
+    wanted = {_base(n) for n in names}
+    failed: dict[str, str] = {}
+    with FileSystems.open(path) as f:
+        for number, line in enumerate(f.read().decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if record["extractor"] in wanted:
+                    failed.setdefault(record["video_id"], f"{record['extractor']}: {record['reason']}")
+            except (ValueError, KeyError, TypeError):
+                raise TrainingSetError(f"{path} line {number}: not an extraction error record") from None
+    return failed
+
+
+def without_failed_videos(video_ids: Sequence[str], features_dir: str, names: Sequence[str], split: str) -> list[str]:
+    """``video_ids`` less those whose extraction failed, with a warning naming them.
+
+    Why: a collection always holds a few unreadable files (corrupt downloads); they are
+    dead letters of the extraction, and stopping every later stage for them would leave
+    the user editing split files. Videos missing for no recorded reason stay an error.
+    """
+    failed = failed_extractions(features_dir, names)
+    dropped = [v for v in video_ids if v in failed]
+    if dropped:
+        from pipeline.shards import existing_ids
+
+        present = set.intersection(*(existing_ids(posixpath.join(features_dir, b)) for b in {_base(n) for n in names}))
+        dropped = [v for v in dropped if v not in present]
+        failed = {v: failed[v] for v in dropped}
+    if dropped:
+        shown = "; ".join(f"{v} ({failed[v]})" for v in dropped[:3])
+        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        log.warning("%d of %d %s videos left out: their extraction failed (see %s): %s%s", len(dropped),
+                    len(video_ids), split, posixpath.join(features_dir, "errors.jsonl"), shown, more)
+    return [v for v in video_ids if v not in failed]
+
+
 def load_split(features_dir: str, corpus: Corpus, split: str, head_cfg, need_texts: bool = True) -> SplitBanks:
-    """Banks of one split for a head config; captions of videos outside the split are ignored."""
+    """Banks of one split for a head config; captions of videos outside the split, or whose
+    extraction failed, are ignored."""
     video_names, text_names = head_features(head_cfg)
-    video_ids = list(dict.fromkeys(corpus.split_videos(split)))
+    video_ids = without_failed_videos(list(dict.fromkeys(corpus.split_videos(split))), features_dir, video_names, split)
     captions = corpus.split_captions(split) if need_texts else []
     videos, vman = load_video_bank(features_dir, video_names, video_ids)
     if need_texts:
@@ -175,10 +227,12 @@ def load_split(features_dir: str, corpus: Corpus, split: str, head_cfg, need_tex
 
 
 def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str = "val") -> tuple[TrainData, dict[str, Manifest]]:
-    """TrainData over the train and val videos (one bank; val rows after train rows)."""
+    """TrainData over the train and val videos (one bank; val rows after train rows), less the
+    videos whose extraction failed."""
     video_names, text_names = head_features(head_cfg)
-    train_ids = list(dict.fromkeys(corpus.split_videos("train")))
+    train_ids = without_failed_videos(list(dict.fromkeys(corpus.split_videos("train"))), features_dir, video_names, "train")
     val_ids = [v for v in dict.fromkeys(corpus.splits.get(val_split, [])) if v not in set(train_ids)]
+    val_ids = without_failed_videos(val_ids, features_dir, video_names, val_split)
     if not val_ids:
         raise TrainingSetError(f"the {val_split!r} split is missing or empty: training validates every epoch on it")
     video_ids = train_ids + val_ids
