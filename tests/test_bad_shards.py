@@ -12,6 +12,13 @@ Policy asserted here:
   and produce exactly their normal output.
 - What a killed writer leaves (temp files) and shards a killed job did not yet list in the
   manifest are not damage: outputs equal those of the clean folder.
+- A damaged checkpoint.pt / last.pt / index folder is refused naming the file; a refused train
+  leaves the run byte-identical, and the way out the message names (--fresh, a rebuild without
+  --add, deleting a shard and rerunning extract) works.
+
+"Wrong row count": manifest.json records no row counts (DESIGN section 4), so the row-count
+disagreements that can exist are inside one shard (HDF5 datasets of different lengths) and
+between a shard's Parquet and HDF5 copies: both are cases below.
 
 Covered elsewhere, not repeated (unit level unless said):
 - truncated shard named, NaN vectors/frames named, shard dim != manifest dim, foreign manifest
@@ -653,6 +660,24 @@ def test_damaged_text_folder(stage_data, runs, features, tmp_path, capsys, case)
     if kind == "shards":
         assert cli(*search) == 0
         assert capsys.readouterr().out.count("\n") == 3  # query line + 2 hits
+
+
+@pytest.mark.parametrize("case", ["truncated", "missing", "not_a_vocabulary"])
+def test_damaged_bow_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
+                                                                         case):
+    """text/bow/vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
+    vocab = features / "text" / "bow" / "vocab.json"
+    {"truncated": _truncate, "missing": Path.unlink, "not_a_vocabulary": lambda p: p.write_text("{}")}[case](vocab)
+    run = runs["laff_ml"]
+    index = built_index(stage_data, run)
+    for command, args in (("train", None), ("benchmark", ("--index", index, "--out", tmp_path / "report")),
+                          ("search", ("--index", index, "a red circle"))):
+        rc = _train(stage_data, features, tmp_path / "run") if args is None else cli(
+            command, "--run", run, "--features", features, *args)
+        assert rc == 2, command
+        err = _error(capsys, command)
+        assert str(vocab) in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "report").exists()
 
 
 @pytest.mark.parametrize("split,refused", [("train", "train"), ("test", "benchmark")])
