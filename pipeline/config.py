@@ -12,7 +12,10 @@ from typing import Any, Dict, List, Optional
 
 from extractors.text_bow import BowConfig
 from extractors.text_w2v import W2VConfig
+from vidfuse.config import merge_config
+from vidfuse.errors import ConfigError, VidfuseError
 
+TEXT_ENCODERS = ("clip", "bow", "w2v")
 VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif"]
 
 
@@ -33,7 +36,7 @@ class OutputConfig:
 class TextConfig:
     """Caption-side encoders; ``clip`` uses the video side's ``extractors.clip`` settings."""
 
-    encoders: List[str] = field(default_factory=lambda: ["clip", "bow"])  # clip, bow, w2v
+    encoders: List[str] = field(default_factory=lambda: ["clip", "bow"])  # TEXT_ENCODERS
     bow: BowConfig = field(default_factory=BowConfig)
     w2v: W2VConfig = field(default_factory=W2VConfig)
     batch_size: int = 256
@@ -46,3 +49,55 @@ class ExtractConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     extractors: Dict[str, Any] = field(default_factory=dict)  # name -> that extractor's config
     text: TextConfig = field(default_factory=TextConfig)
+
+
+def _at_least(value: int, minimum: int, key: str) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def check_decode_config(cfg: DecodeConfig, prefix: str = "decode") -> None:
+    """Backends that exist here, and some extension to look for."""
+    from pipeline.decode import available_backends
+
+    known = available_backends()
+    for key in ("backend", "fallback"):
+        name = getattr(cfg, key)
+        if (name is not None or key == "backend") and name not in known:
+            raise ConfigError(f"{prefix}.{key}: unknown or unavailable decode backend {name!r} (available: {', '.join(known)})")
+    if not cfg.extensions:
+        raise ConfigError(f"{prefix}.extensions is empty: no file would be taken for a video")
+
+
+def check_extract_config(cfg: ExtractConfig) -> None:
+    """Every value an extraction config can get wrong without reading a video or a caption.
+
+    Run by ``load_config(..., check=)`` in ``extract`` and ``extract-text``, so a bad value is
+    refused with its dotted key before an output folder is made. Each ``extractors.<name>``
+    entry is checked against that extractor's schema; what needs the model itself (weights,
+    sampling kind against the model's level) is checked when the extractor is built.
+    """
+    from extractors.registry import extractor_class
+    from pipeline.shards import normalize_format
+
+    check_decode_config(cfg.decode)
+    if not cfg.output.formats:
+        raise ConfigError("output.formats is empty; give parquet and/or hdf5")
+    for fmt in cfg.output.formats:
+        try:
+            normalize_format(fmt)
+        except VidfuseError as exc:
+            raise ConfigError(f"output.formats: {exc}") from None
+    _at_least(cfg.output.shard_size, 1, "output.shard_size")
+    for name, settings in cfg.extractors.items():
+        try:
+            schema = extractor_class(name).Config
+        except ConfigError as exc:
+            raise ConfigError(f"extractors.{name}: {exc}") from None
+        merge_config(schema, settings, source=f"extractors.{name}", prefix=f"extractors.{name}")
+    unknown = [e for e in cfg.text.encoders if e not in TEXT_ENCODERS]
+    if unknown:
+        raise ConfigError(f"text.encoders: unknown text encoder(s) {unknown}; choose from {list(TEXT_ENCODERS)}")
+    _at_least(cfg.text.batch_size, 1, "text.batch_size")
+    _at_least(cfg.text.shard_size, 1, "text.shard_size")
+    _at_least(cfg.text.bow.min_count, 1, "text.bow.min_count")

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.captions import Caption, read_captions
-from pipeline.config import ExtractConfig
+from pipeline.config import TEXT_ENCODERS, ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
 from pipeline.shards import (
@@ -36,7 +36,6 @@ from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
-TEXT_ENCODERS = ("clip", "bow", "w2v")
 VOCAB_FILE = "vocab.json"
 
 
