@@ -119,3 +119,127 @@ class HeadConfig:
     concat: ConcatConfig = field(default_factory=ConcatConfig)
     single: SingleConfig = field(default_factory=SingleConfig)
     gru: GruConfig = field(default_factory=GruConfig)
+
+
+# --- value checks: what the schemas' types cannot say (sizes, fractions, names) -------------------
+# Run by the commands through ``load_config(..., check=)`` before any file is read or written,
+# so a zero width or an unknown loss direction is refused by its dotted key, not by torch mid-run.
+
+LOSS_DIRECTIONS = ("t2v", "v2t", "both")
+
+
+def _fail(key: str, reason: str, value) -> None:
+    from vidfuse.errors import ConfigError
+
+    raise ConfigError(f"{key} {reason}, got {value!r}")
+
+
+def _at_least(value, minimum, key: str) -> None:
+    if value < minimum:
+        _fail(key, f"must be >= {minimum}", value)
+
+
+def _positive(value, key: str) -> None:
+    if not value > 0:
+        _fail(key, "must be > 0", value)
+
+
+def _dropout(value, key: str) -> None:
+    if not 0.0 <= value < 1.0:
+        _fail(key, "must be in [0, 1)", value)
+
+
+def _feature_names(names, key: str) -> None:
+    if not names:
+        _fail(key, "is empty: that side would fuse no feature", list(names))
+    for name in names:
+        if not str(name).strip():
+            _fail(key, "holds an empty feature name", list(names))
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        _fail(key, f"names {repeated} more than once", list(names))
+
+
+def check_loss_config(cfg: LossConfig, prefix: str) -> None:
+    _at_least(cfg.margin, 0.0, f"{prefix}.margin")
+    if cfg.direction not in LOSS_DIRECTIONS:
+        _fail(f"{prefix}.direction", f"must be one of {list(LOSS_DIRECTIONS)}", cfg.direction)
+
+
+def _check_frame_pool(cfg: FramePoolConfig, prefix: str) -> None:
+    _at_least(cfg.dim, 0, f"{prefix}.dim")
+    _dropout(cfg.dropout, f"{prefix}.dropout")
+
+
+def check_head_config(cfg: HeadConfig, prefix: str = "head") -> None:
+    """The section ``cfg.type`` picks (the others are not read), and the GRU when it is used."""
+    if cfg.type not in HEAD_TYPES:
+        _fail(f"{prefix}.type", f"must be one of {list(HEAD_TYPES)}", cfg.type)
+    at = f"{prefix}.{cfg.type}"
+    section = getattr(cfg, cfg.type)
+    texts: list = []
+    if cfg.type in ("laff", "laff_ml", "concat"):
+        _feature_names(section.video_features, f"{at}.video_features")
+        _feature_names(section.text_features, f"{at}.text_features")
+        texts = list(section.text_features)
+        _at_least(section.dim, 1, f"{at}.dim")
+        _dropout(section.dropout, f"{at}.dropout")
+        _check_frame_pool(section.frame_pool, f"{at}.frame_pool")
+        check_loss_config(section.loss, f"{at}.loss")
+        if cfg.type != "concat":
+            _at_least(section.heads, 1, f"{at}.heads")
+            if section.dim % section.heads:
+                _fail(f"{at}.dim", f"must be a multiple of {at}.heads={section.heads}", section.dim)
+    elif cfg.type == "single":
+        _feature_names([section.video_feature], f"{at}.video_feature")
+        _feature_names([section.text_feature], f"{at}.text_feature")
+        texts = [section.text_feature]
+        if section.project:
+            _at_least(section.dim, 1, f"{at}.dim")
+        _dropout(section.dropout, f"{at}.dropout")
+        check_loss_config(section.loss, f"{at}.loss")
+    elif cfg.type == "dllfa":
+        _feature_names([section.frame_feature], f"{at}.frame_feature")
+        _feature_names([section.text_feature], f"{at}.text_feature")
+        for key in ("layers", "attn_heads", "ff_mult", "max_frames", "pair_chunk"):
+            _at_least(getattr(section, key), 1, f"{at}.{key}")
+        _dropout(section.dropout, f"{at}.dropout")
+        _positive(section.logit_scale_max, f"{at}.logit_scale_max")
+        _at_least(section.aux_weight, 0.0, f"{at}.aux_weight")
+    elif cfg.type == "meanp":
+        _feature_names([section.frame_feature], f"{at}.frame_feature")
+        _feature_names([section.text_feature], f"{at}.text_feature")
+        _positive(section.temperature_scale, f"{at}.temperature_scale")
+    if "gru" in texts:
+        _at_least(cfg.gru.word_dim, 1, f"{prefix}.gru.word_dim")
+        _at_least(cfg.gru.hidden, 1, f"{prefix}.gru.hidden")
+
+
+def check_optim_values(cfg, prefix: str = "optim") -> None:
+    """Numbers of an optimiser config after ``fusion.optim.resolve_optim`` filled it (names checked there)."""
+    _positive(cfg.lr, f"{prefix}.lr")
+    _at_least(cfg.weight_decay, 0.0, f"{prefix}.weight_decay")
+    _at_least(cfg.grad_clip, 0.0, f"{prefix}.grad_clip")
+    for key in ("epoch_decay", "plateau_factor"):  # lr multipliers
+        value = getattr(cfg, key)
+        if not 0.0 < value <= 1.0:
+            _fail(f"{prefix}.{key}", "must be in (0, 1]", value)
+    _at_least(cfg.plateau_patience, 0, f"{prefix}.plateau_patience")
+    if not 0.0 <= cfg.warmup < 1.0:
+        _fail(f"{prefix}.warmup", "must be in [0, 1) (a fraction of all steps)", cfg.warmup)
+
+
+def check_run_settings(cfg) -> None:
+    """``early_stop``, ``num_workers`` and ``device`` of a training config (fusion or clip-ft)."""
+    from extractors.base import resolve_device
+
+    _at_least(cfg.early_stop, 0, "early_stop")
+    _at_least(cfg.num_workers, 0, "num_workers")
+    resolve_device(cfg.device)  # ConfigError "device 'tpu' is not a torch device (...)"
+
+
+def check_train_config(cfg) -> None:
+    """A ``TrainConfig`` after ``fusion.trainer.resolve_config`` (which checks val_metric, sizes, optimiser names)."""
+    check_head_config(cfg.head)
+    check_optim_values(cfg.optim)
+    check_run_settings(cfg)
