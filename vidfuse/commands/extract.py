@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vidfuse.commands.common import add_config_args, add_device_arg, comma_list
+from vidfuse.commands.common import add_config_args, add_device_arg, comma_list, no_new_folder_if_refused
+from vidfuse.errors import ConfigError
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -30,21 +31,24 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ExtractConfig
+    from pipeline.config import ExtractConfig, check_extract_config
     from pipeline.extract_job import run_extraction
     from vidfuse.config import load_config
 
-    config = load_config(ExtractConfig, args.config, args.overrides, kind="extract")
-    summary = run_extraction(
-        args.video_dir,
-        args.out,
-        config,
-        extractors=args.extractors,
-        formats=args.formats,
-        beam_args=args.extra_args,
-        device=args.device,
-        batch_videos=args.batch_videos,
-        progress=not args.no_progress,
-    )
+    config = load_config(ExtractConfig, args.config, args.overrides, kind="extract", check=check_extract_config)
+    if args.batch_videos < 1:
+        raise ConfigError(f"--batch-videos must be >= 1, got {args.batch_videos}")
+    with no_new_folder_if_refused(args.out):
+        summary = run_extraction(
+            args.video_dir,
+            args.out,
+            config,
+            extractors=args.extractors,
+            formats=args.formats,
+            beam_args=args.extra_args,
+            device=args.device,
+            batch_videos=args.batch_videos,
+            progress=not args.no_progress,
+        )
     print(f"extract: {summary.line()}")
     return 1 if (args.strict and summary.failed) else 0

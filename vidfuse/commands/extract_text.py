@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfuse.commands.common import add_config_args, add_device_arg, comma_list
+from vidfuse.commands.common import add_config_args, add_device_arg, comma_list, no_new_folder_if_refused
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -29,14 +29,17 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import ExtractConfig
+    import os
+
+    from pipeline.config import ExtractConfig, check_extract_config
     from pipeline.text_job import run_text_extraction
     from vidfuse.config import load_config
 
-    config = load_config(ExtractConfig, args.config, args.overrides, kind="extract")
-    written = run_text_extraction(
-        args.captions, args.out, config, args.encoders, args.splits, args.formats, args.device,
-        progress=not args.no_progress,
-    )
+    config = load_config(ExtractConfig, args.config, args.overrides, kind="extract", check=check_extract_config)
+    with no_new_folder_if_refused(args.out, os.path.join(args.out, "text")):
+        written = run_text_extraction(
+            args.captions, args.out, config, args.encoders, args.splits, args.formats, args.device,
+            progress=not args.no_progress,
+        )
     print("extract-text: " + ", ".join(f"text/{n}: {k} captions written" for n, k in written.items()))
     return 0

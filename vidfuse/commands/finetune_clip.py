@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vidfuse.commands.common import add_config_args
+from vidfuse.commands.common import add_config_args, no_new_folder_if_refused
+from vidfuse.errors import ConfigError
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -32,6 +33,20 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.set_defaults(func=run)
 
 
+def check_clip_ft_values(cfg) -> None:
+    """resolve_clip_ft_config's checks, then the values it leaves to torch (lr, device, workers, backend)."""
+    from fusion.clip_ft import resolve_clip_ft_config
+    from fusion.config import check_optim_values, check_run_settings
+    from pipeline.config import check_decode_config
+
+    resolved = resolve_clip_ft_config(cfg)
+    if resolved.loss.margin < 0:
+        raise ConfigError(f"loss.margin must be >= 0, got {resolved.loss.margin!r}")
+    check_optim_values(resolved.optim)
+    check_run_settings(resolved)
+    check_decode_config(resolved.decode)
+
+
 def run(args: argparse.Namespace) -> int:
     from fusion.clip_ft import EXTRACT_CONFIG, ClipFtConfig, run_finetune_clip
     from vidfuse.config import load_config
@@ -39,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     overrides += [f"device={args.device}"] if args.device else []
     overrides += [f"num_workers={args.num_workers}"] if args.num_workers is not None else []
-    cfg = load_config(ClipFtConfig, args.config, overrides, kind="train")
-    result = run_finetune_clip(cfg, args.videos, args.captions, args.out, args.splits,
-                               resume=not args.fresh, progress=not args.no_progress)
+    cfg = load_config(ClipFtConfig, args.config, overrides, kind="train", check=check_clip_ft_values)
+    with no_new_folder_if_refused(args.out):
+        result = run_finetune_clip(cfg, args.videos, args.captions, args.out, args.splits,
+                                   resume=not args.fresh, progress=not args.no_progress)
     t2v, before = result.best_val.get("t2v", {}), result.baseline_val.get("t2v", {})
     summary = ", ".join(f"{k} {t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in t2v)
     if "R@1" in before:

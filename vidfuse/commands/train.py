@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from vidfuse.commands.common import add_config_args
+
+from vidfuse.commands.common import add_config_args, no_new_folder_if_refused
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -28,14 +29,17 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.trainer import TrainConfig
+    from fusion.config import check_train_config
+    from fusion.trainer import TrainConfig, resolve_config
     from pipeline.training_set import run_training
     from vidfuse.config import load_config
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    cfg = load_config(TrainConfig, args.config, overrides, kind="train")
-    result = run_training(cfg, args.features, args.captions, args.out, args.splits,
-                          resume=not args.fresh, progress=not args.no_progress)
+    cfg = load_config(TrainConfig, args.config, overrides, kind="train",
+                      check=lambda c: check_train_config(resolve_config(c)))
+    with no_new_folder_if_refused(args.out):
+        result = run_training(cfg, args.features, args.captions, args.out, args.splits,
+                              resume=not args.fresh, progress=not args.no_progress)
     t2v = result.best_val.get("t2v", {})
     summary = ", ".join(f"{k} {t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10") if k in t2v)
     print(
