@@ -59,6 +59,26 @@ def _resume_hint(path: Path) -> str:
     return f"; rerun with --fresh to start {path.parent} over" if path.name == LAST else ""
 
 
+def unfinished_training(run_dir: str | Path) -> Optional[str]:
+    """Why ``run_dir`` holds a training that has not finished, or None when it has.
+
+    The trainer writes last.pt after every epoch with ``finished`` set once it reached its last
+    epoch or stopped early, so a killed (or ``stop_after``) run says so; a folder with
+    metrics.jsonl but no last.pt was killed in its first epoch. last.pt files from before the
+    flag existed count as finished.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    if last.is_file():
+        state = load_checkpoint(last)
+        if state.get("finished", True):
+            return None
+        return f"{last} is at epoch {state.get('epoch')} of {(state.get('config') or {}).get('epochs', '?')}"
+    if (run_dir / "metrics.jsonl").is_file():
+        return f"it has metrics.jsonl but no {LAST}: no epoch finished"
+    return None
+
+
 def head_dims(head: RetrievalHead, video_dims: dict[str, int], text_dims: dict[str, int]) -> tuple[dict, dict]:
     """The dims of exactly the features ``head`` reads (what a checkpoint must match)."""
     def used(keys, dims):

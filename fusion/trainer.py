@@ -2,8 +2,9 @@
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.pt`` (best validation epoch, see :mod:`fusion.checkpoint`) and ``last.pt``
-(model, optimiser, lr controller, AMP scaler, RNG states, early-stop state), both written
-atomically every epoch.
+(model, optimiser, lr controller, AMP scaler, RNG states, early-stop state, ``finished``: the
+run reached its last epoch or stopped early), all written atomically (temp name, then rename)
+every epoch. A kill leaves each file whole; the next run removes the temp files it left.
 
 Resume is exact: the caption order of an epoch is a permutation drawn from
 ``(seed, epoch)`` and torch's RNG (dropout) is reseeded from the same pair at every epoch
@@ -41,6 +42,7 @@ from vidfuse.errors import ConfigError, VidfuseError
 log = logging.getLogger(__name__)
 
 LOWER_IS_BETTER = ("MedR", "MeanR")
+METRICS, CONFIG = "metrics.jsonl", "config.yaml"
 # settings that may change between a run and its resumption (they do not alter the trajectory)
 RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "num_workers", "val_batch_size")
 
@@ -214,6 +216,20 @@ def write_history(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
+def remove_stale_temps(out: Path) -> None:
+    """Temp files a killed run's atomic writes left (``.last.pt.tmp<pid>``...): never read, as big as a checkpoint."""
+    for name in (CHECKPOINT, LAST, METRICS, CONFIG):
+        for tmp in out.glob(f".{name}.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+
+def write_config(cfg: TrainConfig, path: Path) -> None:
+    """config.yaml through a temp name: a killed run leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_config(cfg, tmp)
+    tmp.replace(path)
+
+
 def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool = True, progress: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
     """Train ``cfg.head`` on ``data``; returns the best epoch's result.
@@ -233,7 +249,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
         raise VidfuseError("the text side uses the 'gru' feature but the text data has no token ids")
     cfg_dict = config_to_dict(cfg)
 
-    last_path, metrics_path = out / LAST, out / "metrics.jsonl"
+    remove_stale_temps(out)
+    last_path, metrics_path = out / LAST, out / METRICS
     state: Optional[dict] = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
@@ -269,7 +286,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
         history = read_history(metrics_path, epoch)
         log.info("resuming %s after epoch %d (best %s=%.4f at epoch %d)", out, epoch, cfg.val_metric,
                  best if best is not None else float("nan"), best_epoch)
-    save_config(cfg, out / "config.yaml")
+    write_config(cfg, out / CONFIG)
     write_history(metrics_path, history)
 
     has_val = len(data.val_captions) > 0
@@ -340,8 +357,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
         save_atomic({"model": head.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
                      "lr": lr_ctrl.state_dict() if lr_ctrl else None, "scaler": scaler.state_dict(),
                      "rng": rng_state(), "epoch": epoch, "best_metric": best, "best_epoch": best_epoch,
-                     "bad_epochs": bad, "stopped_early": stopped, "config": cfg_dict, "video_dims": used_video,
-                     "text_dims": used_text, "vocab_size": vocab}, last_path)
+                     "bad_epochs": bad, "stopped_early": stopped, "finished": stopped or epoch >= last_epoch,
+                     "config": cfg_dict, "video_dims": used_video, "text_dims": used_text, "vocab_size": vocab},
+                    last_path)
         epochs_bar.update(1)
         shown = {"loss": f"{record['loss']:.4f}"}
         if has_val:

@@ -17,8 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from index.metrics import DEFAULT_KS, inner_product_rows, t2v_v2t_metrics
-from index.report import markdown_table, recall_plot, write_metrics_json
+from index.report import markdown_table, recall_plot, remove_temp_files, write_metrics_json, write_text
 from index.run_index import Run, load_index_for_run, rerank_hits
+from pipeline.job_lock import exclusive_folder
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,7 @@ def _update_report(out_dir: str, name: str, result: dict, ranks: dict) -> None:
     write_metrics_json(rows_path, rows)
     table = markdown_table(rows, title=f"{result['split']} split, {result['num_videos']} videos, "
                                        f"{result['num_captions']} captions ({result['ties']} ties)")
-    with open(os.path.join(out_dir, "table.md"), "w") as handle:
-        handle.write(table)
+    write_text(os.path.join(out_dir, "table.md"), table)
     recall_plot(os.path.join(out_dir, "recall.png"),
                 {r["model"]: np.asarray(r["t2v_ranks"]) for r in rows},
                 max_k=max(1, min(100, result["num_videos"])), title="text-to-video recall@K")
@@ -124,7 +124,10 @@ def run_benchmark(
     via_index["recall_lost"] = {key: exact["t2v"][key] - value for key, value in via_index["t2v"].items()}
     result["via_index"] = via_index
 
-    os.makedirs(out_dir, exist_ok=True)
-    write_metrics_json(os.path.join(out_dir, "metrics.json"), result)
-    _update_report(out_dir, name or os.path.basename(run.path.rstrip("/")), result, ranks)
+    # One writer at a time (several runs may report into one folder: rows.json is read, then
+    # rewritten); metrics.json last, so a report that has it has its table and plot too.
+    with exclusive_folder(out_dir, "benchmark", wait=True):
+        remove_temp_files(out_dir)
+        _update_report(out_dir, name or os.path.basename(run.path.rstrip("/")), result, ranks)
+        write_metrics_json(os.path.join(out_dir, "metrics.json"), result)
     return result

@@ -132,6 +132,67 @@ def _fsync_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same folder tree: a second name, no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _entries_besides_index(folder: str) -> list[str]:
+    return [e for e in os.listdir(folder) if e not in (INDEX_FILE, IDS_FILE, META_FILE)]
+
+
+def _link_entries(src: str, dst: str) -> None:
+    """Give ``dst`` what ``src`` holds besides the index files (hard links; ``src`` keeps them)."""
+    for entry in _entries_besides_index(src):
+        source, target = os.path.join(src, entry), os.path.join(dst, entry)
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        elif os.path.isdir(source):
+            shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(source, target)
+
+
+def _carry_entries(src: str, dst: str) -> None:
+    """Move what ``src`` holds besides the index files into ``dst`` (where ``dst`` lacks it)."""
+    for entry in _entries_besides_index(src):
+        target = os.path.join(dst, entry)
+        if not os.path.lexists(target):
+            os.rename(os.path.join(src, entry), target)
+
+
+def _remove_stale_saves(out_dir: str) -> None:
+    """Delete the sibling folders of saves into ``out_dir`` whose writer is dead (killed mid-save).
+
+    They may hold the caller's own entries of out_dir (a save killed between the two renames of
+    its swap left out_dir without them): those go back into out_dir where it lacks them.
+    """
+    parent, name = os.path.split(out_dir)
+    for kind in ("tmp", "old"):
+        prefix = f".{name}.{kind}-"
+        for path in glob.glob(os.path.join(parent, glob.escape(prefix) + "*")):
+            pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
+            if not os.path.isdir(path) or (pid.isdigit() and _pid_alive(int(pid))):
+                continue  # not ours, or a save still running
+            inner = path if kind == "tmp" else os.path.join(path, name)
+            if os.path.isdir(inner) and os.path.isdir(out_dir):
+                _carry_entries(inner, out_dir)
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by an interrupted save", path)
+
+
 class VideoIndex:
     """A FAISS index plus the video id of every row and the metadata needed to trust it.
 
@@ -342,14 +403,17 @@ class VideoIndex:
         """Write index.faiss, ids.parquet, meta.json into out_dir, replacing it atomically.
 
         Files go to a hidden sibling folder first, which then takes out_dir's place by two
-        renames; anything else the caller keeps in out_dir is carried over.
+        renames; anything else the caller keeps in out_dir is carried over. The sibling
+        folders a killed save left (their names carry the writer's pid) are removed once this
+        save is in place.
         """
         out_dir = os.path.abspath(out_dir)
         parent, name = os.path.split(out_dir)
         if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
             raise IndexStoreError(f"{out_dir} exists and is not a folder")
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
+        old = None
         try:
             idx_path = os.path.join(tmp, INDEX_FILE)
             faiss.write_index(self.cpu_index(), idx_path)
@@ -364,19 +428,20 @@ class VideoIndex:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            old = None
             if os.path.isdir(out_dir):
-                for entry in os.listdir(out_dir):
-                    if entry not in (INDEX_FILE, IDS_FILE, META_FILE):
-                        os.rename(os.path.join(out_dir, entry), os.path.join(tmp, entry))
-                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                _link_entries(out_dir, tmp)  # linked, not moved: a kill before the swap loses nothing
+                old = tempfile.mkdtemp(prefix=f".{name}.old-{os.getpid()}-", dir=parent)
                 os.rename(out_dir, os.path.join(old, name))
             os.rename(tmp, out_dir)
         except BaseException:
+            if old is not None and not os.path.lexists(out_dir):
+                os.rename(os.path.join(old, name), out_dir)  # undo the first rename of the swap
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        _remove_stale_saves(out_dir)
         log.info("saved %d vectors (%s) to %s", len(self.ids), self.meta.get("factory"), out_dir)
 
     @classmethod

@@ -6,6 +6,7 @@ index.metrics.retrieval_metrics / t2v_v2t_metrics return; either direction may b
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -34,12 +35,15 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+TEMP_SUFFIX = ".partial"  # temp files of _atomic_write: hidden, and named so a rerun can remove them
+
+
 def _atomic_write(path: str, write) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -48,6 +52,19 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_temp_files(folder: str) -> list[str]:
+    """Temp files a killed writer left in a report folder (call it only while no writer runs there)."""
+    doomed = glob.glob(os.path.join(glob.escape(folder), ".*" + TEMP_SUFFIX))
+    for path in doomed:
+        os.remove(path)
+    return doomed
+
+
+def write_text(path: str, text: str) -> None:
+    """A text file (table.md), atomically."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_metrics_json(path: str, results: dict) -> None:

@@ -42,9 +42,15 @@ class Run:
 
     @classmethod
     def load(cls, run_dir: str, device: str = "cpu") -> "Run":
-        from fusion.checkpoint import load_run
+        from fusion.checkpoint import load_run, unfinished_training
 
         path = Path(run_dir)
+        why = unfinished_training(path)  # its checkpoint.pt is only the best epoch so far
+        if why:
+            raise RunError(
+                f"{run_dir} has not finished training ({why}): it was stopped or killed, or is still training; "
+                f"rerun `vidfuse train ... --out {run_dir}` to finish it"
+            )
         if not (path / "checkpoint.pt").is_file():
             raise RunError(f"{run_dir} is not a trained run (no checkpoint.pt); train one with `vidfuse train --out {run_dir}`")
         head, cfg, info = load_run(path, device=device)

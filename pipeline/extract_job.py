@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -180,6 +181,34 @@ def _remove_tree(folder: str) -> None:
         FileSystems.delete([m.path for m in found])
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write a small file of the folder under a temp name (the shards' convention), then rename.
+
+    A killed job leaves the old file or the new one, never half of one (a half sources.json
+    made every later run into the folder fail to parse it); its temp file is removed by the
+    next run (:func:`_remove_temp_files`).
+    """
+    from pipeline.shards import TEMP_PREFIX, TEMP_SUFFIX
+
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f"{TEMP_PREFIX}{name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
+    if not is_local(path) and FileSystems.exists(path):
+        FileSystems.delete([path])  # object stores do not rename over an existing object
+    FileSystems.rename([tmp], [path])
+
+
+def _remove_temp_files(folder: str) -> None:
+    """Temp files a killed run left in the job folder itself (errors.jsonl, sources.json)."""
+    from pipeline.shards import TEMP_PREFIX, is_temp_name
+
+    found = FileSystems.match([posixpath.join(folder, TEMP_PREFIX + "*")])[0].metadata_list
+    doomed = [m.path for m in found if is_temp_name(m.path)]
+    if doomed:
+        FileSystems.delete(doomed)
+
+
 def _merge_dead_letters(
     out_dir: str, prefix: str, present: dict[str, set[str]], rejected: dict[str, str]
 ) -> tuple[str, int]:
@@ -210,11 +239,8 @@ def _merge_dead_letters(
         for key, rec in entries.items()
         if rec["path"] in rejected or rec["video_id"] not in present.get(rec["extractor"], ())
     }
-    tmp = f"{errors_path}.tmp-{uuid.uuid4().hex[:8]}"
-    with FileSystems.create(tmp) as handle:
-        for record in sorted(entries.values(), key=lambda r: (r["path"], r["extractor"])):
-            handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    FileSystems.rename([tmp], [errors_path])
+    records = sorted(entries.values(), key=lambda r: (r["path"], r["extractor"]))
+    _write_atomic(errors_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     if parts:
         FileSystems.delete(parts)
     return errors_path, len(new_failures)
@@ -230,8 +256,7 @@ def _record_source(out_dir: str, video_dir: str) -> None:
     folder = normalise_dir(video_dir).rstrip("/")
     if folder not in sources["video_dirs"]:
         sources["video_dirs"].append(folder)
-        with FileSystems.create(path) as handle:
-            handle.write(json.dumps(sources, indent=2).encode("utf-8"))
+        _write_atomic(path, json.dumps(sources, indent=2).encode("utf-8"))
 
 
 class _ProgressPoller:
@@ -314,6 +339,7 @@ def run_extraction(
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         dead_dir = posixpath.join(out_dir, DEAD_LETTERS_DIR)
         _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
+        _remove_temp_files(out_dir)
         dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
         options = beam_options(beam_args)
         pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)

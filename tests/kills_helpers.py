@@ -1,0 +1,146 @@
+"""Killing ``vidfuse`` commands (tests/test_kills.py): each command runs as a real child process
+in its own session, so a SIGKILL to its process group also ends any Beam worker it started.
+
+Children are forked from a multiprocessing fork server that imported the libraries once: a
+fresh ``python -c 'vidfuse ...'`` (``stage_fixtures.cli_subprocess``) spends 5-15 s on two busy
+cores importing torch, Beam and open_clip before the command does any work, so kill moments
+drawn over its runtime would mostly land in imports, and three kills per stage would cost
+minutes. A forked child runs ``vidfuse.cli.main(ARGS)`` like cli_subprocess (one torch thread,
+the repository as working folder) and its clock starts once it has its own session.
+
+A child can also kill itself right before (or after) its N-th ``os.rename``/``os.replace``:
+every commit of an atomic write is such a call, so stepping N over a command's renames puts a
+kill at each commit point.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# What the commands import (lazily, mostly): imported once, in the fork server.
+PRELOAD = ["torch", "apache_beam", "faiss", "h5py", "open_clip", "pyarrow.parquet", "extractors.registry",
+           "fusion.trainer", "index.benchmark", "pipeline.extract_job", "pipeline.training_set", "vidfuse.cli",
+           "kills_helpers"]
+
+
+def _hook_renames(before: int | None, after: int | None, counter: list[int]) -> None:
+    """Count renames; SIGKILL this process right before rename ``before`` / right after ``after``."""
+    def wrap(real):
+        def rename(src, dst, *args, **kwargs):
+            counter[0] += 1
+            if counter[0] == before:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = real(src, dst, *args, **kwargs)
+            if counter[0] == after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return rename
+
+    os.rename, os.replace = wrap(os.rename), wrap(os.replace)
+
+
+def _child(args: list[str], log: str, ready: str, before: int | None, after: int | None, count: str | None) -> None:
+    os.setsid()  # its own process group: killpg(pid) reaches it and whatever it starts, nothing else
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(REPO)
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    import torch
+
+    torch.set_num_threads(1)
+    counter = [0]
+    _hook_renames(before, after, counter)
+    Path(ready).touch()
+    from vidfuse.cli import main
+
+    rc = main(args)
+    if count:
+        Path(count).write_text(str(counter[0]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(PRELOAD)
+    return _CONTEXT
+
+
+@dataclass
+class Outcome:
+    exitcode: int
+    seconds: float  # from the child's start (own session) to its end
+    log: str
+    renames: int | None = None  # counted when asked
+
+    @property
+    def killed(self) -> bool:
+        return self.exitcode == -signal.SIGKILL
+
+
+class Command:
+    """``vidfuse ARGS`` running in a forked child, in its own session (see the module docstring)."""
+
+    def __init__(self, args: Sequence[object], work: Path, before: int | None = None, after: int | None = None,
+                 count: bool = False, timeout: float = 300):
+        work.mkdir(parents=True, exist_ok=True)
+        self.log, self.ready, self.counted = work / "child.log", work / "child.ready", work / "child.renames"
+        for path in (self.ready, self.counted):
+            path.unlink(missing_ok=True)
+        self.count = count
+        self.proc = _context().Process(target=_child, args=(
+            [str(a) for a in args], str(self.log), str(self.ready), before, after, str(self.counted) if count else None))
+        self.proc.start()
+        self.deadline = time.monotonic() + timeout
+        while not self.ready.exists() and self.proc.exitcode is None and time.monotonic() < self.deadline:
+            time.sleep(0.002)
+        self.start = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.exitcode is None
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group (it leads one once it is ready), if still running."""
+        if self.proc.exitcode is None:
+            if self.ready.exists():
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.kill()
+
+    def wait(self, kill_after: float | None = None) -> Outcome:
+        """Wait for the end; with ``kill_after``, SIGKILL the group that many seconds after the start."""
+        left = max(0.0, self.deadline - time.monotonic())
+        try:
+            self.proc.join(left if kill_after is None else max(0.0, self.start + kill_after - time.monotonic()))
+        finally:
+            self.kill()
+            self.proc.join()
+        renames = int(self.counted.read_text()) if self.count and self.counted.exists() else None
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return Outcome(self.proc.exitcode, time.monotonic() - self.start, log, renames)
+
+
+def run_command(args: Sequence[object], work: Path, delay: float | None = None, **kwargs) -> Outcome:
+    """Run ``vidfuse ARGS`` in a child to its end, or SIGKILL its process group ``delay`` s after it started."""
+    return Command(args, work, **kwargs).wait(kill_after=delay)
