@@ -77,8 +77,12 @@ def read_text_file(path: str | os.PathLike, error: type[VidfuseError] | None = N
         if data.startswith(bom):
             raise error(f"{path} line 1: not valid UTF-8: starts with a {name} byte order mark ({bom.hex(' ')}); "
                         "re-encode the file as UTF-8")
+    nul = data.find(b"\0")  # no UTF-8 text holds one (UTF-16/32 were refused above)
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise error(f"{path} line {line}: NUL byte: a binary file, not text")
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
@@ -86,10 +90,6 @@ def read_text_file(path: str | os.PathLike, error: type[VidfuseError] | None = N
             f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
             "re-encode the file as UTF-8"
         ) from None
-    nul = text.find("\0")
-    if nul >= 0:
-        raise error(f"{path} line {text.count(chr(10), 0, nul) + 1}: NUL byte: a binary file, not text")
-    return text
 
 
 def _clean(text: str) -> str:
