@@ -13,6 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+import yaml
 from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -140,8 +141,6 @@ def _yaml_error(path: Path, exc: Exception) -> ConfigError:
     if mark is not None:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         return ConfigError(f"{path} line {mark.line + 1}: not valid YAML ({problem} at column {mark.column + 1})")
-    if isinstance(exc, AssertionError):  # OmegaConf.create of a lone scalar
-        return ConfigError(f"{path}: expected a mapping of keys at the top level, got a single value")
     return ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
 
 
@@ -151,13 +150,16 @@ def read_config_file(schema: type, path: Path) -> DictConfig:
 
     text = read_text_file(path, error=ConfigError)
     try:
-        loaded = OmegaConf.create(text)
+        # the shape first: OmegaConf.create reads a lone word as a key ("laff" -> {laff: None})
+        shape = yaml.safe_load(text)
+        loaded = OmegaConf.create(text) if isinstance(shape, dict) else None
     except Exception as exc:  # YAML syntax errors come from several parser classes
         raise _yaml_error(path, exc) from None
-    if not OmegaConf.is_dict(loaded):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got a list")
-    if len(loaded) == 0:
+    if shape is None or shape == {}:
         raise ConfigError(f"{path}: empty config (no settings); expected {_kind_of(schema)}")
+    if loaded is None:
+        got = "a list" if isinstance(shape, list) else f"the single value {shape!r}"
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {got}")
     keys = [str(k) for k in loaded.keys()]
     if not set(keys) <= _schema_keys(schema):
         other = _other_kind(schema, keys)
