@@ -15,6 +15,7 @@ kill at each commit point.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -33,15 +34,18 @@ PRELOAD = ["torch", "apache_beam", "faiss", "h5py", "open_clip", "pyarrow.parque
            "kills_helpers"]
 
 
-def _hook_renames(before: int | None, after: int | None, counter: list[int]) -> None:
-    """Count renames; SIGKILL this process right before rename ``before`` / right after ``after``."""
+def _hook_renames(before: int | None, after: int | None, times: list[float]) -> None:
+    """Note when each rename happens; SIGKILL this process right before rename ``before`` (1 is
+    the first) or right after rename ``after``."""
+    start = time.monotonic()
+
     def wrap(real):
         def rename(src, dst, *args, **kwargs):
-            counter[0] += 1
-            if counter[0] == before:
+            times.append(time.monotonic() - start)
+            if len(times) == before:
                 os.kill(os.getpid(), signal.SIGKILL)
             result = real(src, dst, *args, **kwargs)
-            if counter[0] == after:
+            if len(times) == after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
         return rename
@@ -59,14 +63,14 @@ def _child(args: list[str], log: str, ready: str, before: int | None, after: int
     import torch
 
     torch.set_num_threads(1)
-    counter = [0]
-    _hook_renames(before, after, counter)
-    Path(ready).touch()
+    times: list[float] = []
     from vidfuse.cli import main
 
+    Path(ready).touch()
+    _hook_renames(before, after, times)
     rc = main(args)
     if count:
-        Path(count).write_text(str(counter[0]))
+        Path(count).write_text(json.dumps(times))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)
@@ -88,7 +92,11 @@ class Outcome:
     exitcode: int
     seconds: float  # from the child's start (own session) to its end
     log: str
-    renames: int | None = None  # counted when asked
+    rename_times: list[float] | None = None  # when asked: seconds from the start to each rename
+
+    @property
+    def renames(self) -> int | None:
+        return None if self.rename_times is None else len(self.rename_times)
 
     @property
     def killed(self) -> bool:
@@ -136,9 +144,9 @@ class Command:
         finally:
             self.kill()
             self.proc.join()
-        renames = int(self.counted.read_text()) if self.count and self.counted.exists() else None
+        times = json.loads(self.counted.read_text()) if self.count and self.counted.exists() else None
         log = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return Outcome(self.proc.exitcode, time.monotonic() - self.start, log, renames)
+        return Outcome(self.proc.exitcode, time.monotonic() - self.start, log, times)
 
 
 def run_command(args: Sequence[object], work: Path, delay: float | None = None, **kwargs) -> Outcome:

@@ -1,10 +1,10 @@
 """Faults (issue #7): ``vidfuse extract``, ``train``, ``index`` and ``benchmark`` SIGKILLed, then
 run again as the user would.
 
-Each stage is killed at three seeded moments spread over its runtime (measured by an
-uninterrupted run of the same command here: the seeds fall in the first, middle and last third,
-so kills land in start-up, mid-work and the final writes) and at the commit points of its atomic
-writes (a child that kills itself right before its N-th rename). After every kill, the readers a
+Each stage is killed at three seeded moments spread over its runtime, as an uninterrupted run of
+the same command here timed it (see kill_moment): one in start-up, one mid-work, one in the final
+writes; and at the commit points of its atomic writes (a child that kills itself right before its
+N-th rename). After every kill, the readers a
 user would point at the folder (load_feature_set, load_run / Run.load and ``vidfuse index``,
 VideoIndex.load, the report files) read complete output, or refuse with a message naming the
 folder; then the same command runs to its end and every output equals the uninterrupted run's
@@ -41,29 +41,43 @@ from stage_fixtures import built_index, cli, stage_data, trained_run  # noqa: F4
 from vidfuse.errors import VidfuseError
 
 FORMATS = ("parquet", "hdf5")
-# (seed, third of the runtime its kill moment falls in)
-SEEDS = [pytest.param(seed, third, id=f"seed{seed}") for third, seed in enumerate((11, 23, 37))]
+# (seed, phase of the runtime its kill moment falls in: see kill_moment)
+SEEDS = [pytest.param(seed, phase, id=f"seed{seed}") for phase, seed in enumerate((11, 23, 37))]
 
 
-def kill_moment(seed: int, third: int, runtime: float) -> float:
-    return (third + random.Random(seed).random()) / 3 * runtime
+def kill_moment(seed: int, phase: int, rename_times: list[float], seconds: float, shrink: float = 1.0) -> float:
+    """A seeded moment in one phase of a run, placed by its renames (its commits): 0 before the
+    first (start-up: reading inputs, building models), 1 between two consecutive ones drawn by
+    the seed (the work: shards, epochs, the folder swap), 2 from the fifth-last to the end (the
+    final writes, exit). ``shrink`` < 1 moves it towards the start of its span (retries)."""
+    rng = random.Random(seed)
+    u, times = rng.random() * shrink, list(rename_times) + [seconds]
+    if phase == 0:
+        return u * times[0]
+    if phase == 1:
+        j = rng.randrange(len(times) - 1)
+        return times[j] + u * (times[j + 1] - times[j])
+    lo = times[max(0, len(times) - 6)]
+    return lo + u * (seconds - lo)
 
 
-def kill_at_random(args_of: Callable[[Path], list], work: Path, seed: int, third: int, runtime: float,
+def kill_at_random(args_of: Callable[[Path], list], work: Path, seed: int, phase: int, ref: "Reference",
                    prepare: Callable[[Path], None] | None = None) -> tuple[Path, Outcome]:
-    """Run the command into a fresh ``out`` and SIGKILL it at the seed's moment; should this run be
-    faster than the measured one and end first, try again earlier."""
-    delay = kill_moment(seed, third, runtime)
+    """Run the command into a fresh ``out`` and SIGKILL it at the seed's moment of the reference
+    run; should this run be faster and end first, retry with the moment placed by its own
+    timeline, a little earlier in the same span."""
+    timeline = (ref.rename_times, ref.seconds)
     for attempt in range(5):
         out = work / f"attempt{attempt}" / "out"  # alone in its folder (index: nothing beside it)
         out.parent.mkdir(parents=True)
         if prepare:
             prepare(out)
-        outcome = run_command(args_of(out), work / f"attempt{attempt}-child", delay=delay)
+        delay = kill_moment(seed, phase, *timeline, shrink=0.6 ** attempt)
+        outcome = run_command(args_of(out), work / f"attempt{attempt}-child", delay=delay, count=True)
         if outcome.killed:
             return out, outcome
         assert outcome.exitcode == 0, outcome.log[-3000:]
-        delay /= 2
+        timeline = (outcome.rename_times, outcome.seconds)
     pytest.fail(f"the command always ended before its kill (last delay {delay:.3f} s)")
 
 
@@ -102,14 +116,18 @@ def assert_deep_equal(got, want, where: str) -> None:
 class Reference:
     out: Path
     seconds: float  # runtime of the uninterrupted command
-    renames: int  # its os.rename/os.replace calls
+    rename_times: list[float]  # when it called os.rename/os.replace (its commits)
     outputs: dict
+
+    @property
+    def renames(self) -> int:
+        return len(self.rename_times)
 
 
 def reference(args: list, out: Path, work: Path, outputs: Callable[[Path], dict]) -> Reference:
     done = run_command(args, work, count=True)
-    assert done.exitcode == 0, done.log[-3000:]
-    return Reference(out, done.seconds, done.renames, outputs(out))
+    assert done.exitcode == 0 and done.rename_times, done.log[-3000:]
+    return Reference(out, done.seconds, done.rename_times, outputs(out))
 
 
 # =========================================================================== extract
@@ -172,10 +190,10 @@ def extract_ref(videos, tmp_path_factory) -> Reference:
     return reference(extract_args(videos, root / "out"), root / "out", root, extract_outputs)
 
 
-@pytest.mark.parametrize("seed, third", SEEDS)
-def test_extract_killed_at_a_random_moment_reruns_to_the_uninterrupted_output(videos, extract_ref, seed, third,
+@pytest.mark.parametrize("seed, phase", SEEDS)
+def test_extract_killed_at_a_random_moment_reruns_to_the_uninterrupted_output(videos, extract_ref, seed, phase,
                                                                               tmp_path):
-    out, _ = kill_at_random(lambda o: extract_args(videos, o), tmp_path, seed, third, extract_ref.seconds)
+    out, _ = kill_at_random(lambda o: extract_args(videos, o), tmp_path, seed, phase, extract_ref)
     check_killed_features(out, extract_ref.outputs)
     assert cli(*extract_args(videos, out)) == 0
     assert_same_extract(extract_outputs(out), extract_ref.outputs)
@@ -267,10 +285,10 @@ def train_ref(stage_data, tmp_path_factory) -> Reference:
     return reference(train_args(stage_data, root / "run"), root / "run", root, train_outputs)
 
 
-@pytest.mark.parametrize("seed, third", SEEDS)
-def test_train_killed_at_a_random_moment_resumes_to_the_uninterrupted_run(stage_data, train_ref, seed, third, tmp_path,
+@pytest.mark.parametrize("seed, phase", SEEDS)
+def test_train_killed_at_a_random_moment_resumes_to_the_uninterrupted_run(stage_data, train_ref, seed, phase, tmp_path,
                                                                           capsys):
-    run, _ = kill_at_random(lambda o: train_args(stage_data, o), tmp_path, seed, third, train_ref.seconds)
+    run, _ = kill_at_random(lambda o: train_args(stage_data, o), tmp_path, seed, phase, train_ref)
     check_killed_run(run, train_ref.outputs, capsys, tmp_path)
     assert cli(*train_args(stage_data, run)) == 0
     assert_same_train(train_outputs(run), train_ref.outputs)
@@ -366,9 +384,9 @@ def check_killed_index(out: Path, case: IndexCase) -> None:
     assert (out / NOTES).is_file()
 
 
-@pytest.mark.parametrize("seed, third", SEEDS)
-def test_index_killed_at_a_random_moment_rebuilds_to_the_uninterrupted_index(index_case, seed, third, tmp_path):
-    out, _ = kill_at_random(lambda o: index_args(index_case.run, o), tmp_path, seed, third, index_case.ref.seconds,
+@pytest.mark.parametrize("seed, phase", SEEDS)
+def test_index_killed_at_a_random_moment_rebuilds_to_the_uninterrupted_index(index_case, seed, phase, tmp_path):
+    out, _ = kill_at_random(lambda o: index_args(index_case.run, o), tmp_path, seed, phase, index_case.ref,
                             prepare=index_case.prepare)
     check_killed_index(out, index_case)
     assert cli(*index_args(index_case.run, out)) == 0
@@ -439,10 +457,10 @@ def check_killed_report(out: Path, before: dict, after: dict) -> None:
         assert set(names) == set(REPORT_FILES), names
 
 
-@pytest.mark.parametrize("seed, third", SEEDS)
-def test_benchmark_killed_at_a_random_moment_reruns_to_the_uninterrupted_report(bench_case, seed, third, tmp_path):
+@pytest.mark.parametrize("seed, phase", SEEDS)
+def test_benchmark_killed_at_a_random_moment_reruns_to_the_uninterrupted_report(bench_case, seed, phase, tmp_path):
     c = bench_case
-    out, _ = kill_at_random(lambda o: benchmark_args(c.run, c.index, o), tmp_path, seed, third, c.ref.seconds)
+    out, _ = kill_at_random(lambda o: benchmark_args(c.run, c.index, o), tmp_path, seed, phase, c.ref)
     check_killed_report(out, {"files": {}}, c.ref.outputs)
     assert cli(*benchmark_args(c.run, c.index, out)) == 0
     assert report_outputs(out) == c.ref.outputs
