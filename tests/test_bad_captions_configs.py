@@ -584,3 +584,49 @@ def test_a_refused_config_leaves_an_existing_output_as_it_was(command, stage_dat
         assert cli(*_command(command, stage_data, existing, GOOD[command], setting)) == 2, setting
         _error(capsys, command)
         assert _files(existing) == before, setting
+
+
+def test_extract_refuses_a_batch_size_flag_below_one_before_making_its_folder(stage_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(*_command("extract", stage_data, out, "tiny"), "--batch-videos", "0") == 2
+    assert "--batch-videos must be >= 1, got 0" in _error(capsys, "extract")
+    assert not out.exists()
+
+
+def test_the_refusal_cleanup_removes_only_folders_holding_nothing_but_a_free_lock(tmp_path):
+    """What a refused run may remove: a folder it made that holds only its (released) lock."""
+    import fcntl
+
+    from vidfuse.commands.common import no_new_folder_if_refused
+    from vidfuse.errors import VidfuseError
+
+    def refused(folder: Path, make) -> None:
+        with pytest.raises(VidfuseError):
+            with no_new_folder_if_refused(str(folder)):
+                make(folder)
+                raise VidfuseError("refused")
+
+    def lock_only(folder: Path) -> None:
+        (folder / "text").mkdir(parents=True)
+        (folder / "text" / LOCK).write_text("pid 1")
+
+    refused(tmp_path / "a", lock_only)
+    assert not (tmp_path / "a").exists()
+
+    refused(tmp_path / "b", lambda f: (lock_only(f), (f / "text" / "part-0.parquet").write_bytes(b"x")))
+    assert (tmp_path / "b" / "text" / "part-0.parquet").exists()  # an output of the run: kept
+
+    held = {}
+
+    def lock_held_by_another_job(folder: Path) -> None:
+        lock_only(folder)
+        held["handle"] = open(folder / "text" / LOCK, "a")
+        fcntl.flock(held["handle"], fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    refused(tmp_path / "c", lock_held_by_another_job)
+    assert (tmp_path / "c" / "text" / LOCK).exists()
+    held["handle"].close()
+
+    (tmp_path / "d").mkdir()  # existed before the run: never removed
+    refused(tmp_path / "d", lambda f: None)
+    assert (tmp_path / "d").is_dir()
