@@ -76,21 +76,23 @@ def run_benchmark(
 
     from fusion.checkpoint import check_banks
     from fusion.encode import embedding_similarity, encode_bank
-    from pipeline.training_set import Corpus, head_features, load_text_bank, load_video_bank
+    from pipeline.training_set import Corpus, head_features, load_text_bank, load_video_bank, without_failed_videos
 
     run = Run.load(run_dir)
     index = load_index_for_run(index_dir, run)
     features_dir = run.source("features", features or index.meta.get("extra", {}).get("features"))
     corpus = Corpus.read(run.source("captions", captions), splits or run.sources.get("splits"))
-    split_videos = list(dict.fromkeys(corpus.split_videos(split)))
+    video_names, text_names = head_features(run.config.head)
+    listed = list(dict.fromkeys(corpus.split_videos(split)))
+    split_videos = without_failed_videos(listed, features_dir, video_names, split)
+    left_out = set(listed) - set(split_videos)  # unreadable videos: their captions are not asked
     position = {v: i for i, v in enumerate(index.ids)}
     missing = [v for v in split_videos if v not in position]
     if missing:
         raise VidfuseError(f"{len(missing)} {split} videos are not in {index_dir} (e.g. {missing[:3]}); "
                            f"build it with `vidfuse index --run {run_dir} --split {split}`")
-    queries = [c for c in corpus.split_captions(split)]
+    queries = [c for c in corpus.split_captions(split) if c.video_id not in left_out]
     targets = np.fromiter((position[c.video_id] for c in queries), dtype=np.int64, count=len(queries))
-    video_names, text_names = head_features(run.config.head)
     videos, _ = load_video_bank(features_dir, video_names, index.ids)
     texts, _, vocab_size = load_text_bank(features_dir, text_names, queries)
     check_banks(run.info, videos=videos, texts=texts, vocab_size=vocab_size)
@@ -110,7 +112,7 @@ def run_benchmark(
     cand_scores, cand_pos = index.search_positions(t_query, k)
     result = {
         "run": run.path, "index": os.path.abspath(index_dir), "head": run.config.head.type,
-        "split": split, "num_videos": len(index.ids), "num_captions": len(queries),
+        "split": split, "num_videos": len(index.ids), "num_captions": len(queries), "left_out_videos": sorted(left_out),
         "ties": "optimistic", "factory": index.meta.get("factory"), "exact": exact,
     }
     via_index = {"k": k, "t2v": recall_from_ranks(candidate_ranks(cand_scores, cand_pos, targets), DEFAULT_KS, k)}

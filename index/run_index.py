@@ -90,13 +90,15 @@ def check_index_run(index: VideoIndex, index_dir: str, run: Run, fix: str) -> No
 
 
 def split_video_ids(run: Run, features_dir: str, split: str, captions: str | None, splits: str | None) -> list[str]:
-    """Videos to index: a split's ids, or every video present in all the head's feature sets."""
+    """Videos to index: a split's ids (less those whose extraction failed, with a warning), or
+    every video present in all the head's feature sets."""
     from pipeline.shards import existing_ids
-    from pipeline.training_set import Corpus, head_features
+    from pipeline.training_set import Corpus, head_features, without_failed_videos
 
     if split != ALL_VIDEOS:
         corpus = Corpus.read(run.source("captions", captions), splits or run.sources.get("splits"))
-        return list(dict.fromkeys(corpus.split_videos(split)))
+        return without_failed_videos(list(dict.fromkeys(corpus.split_videos(split))), features_dir,
+                                     head_features(run.config.head)[0], split)
     names = {n.split("@")[0] for n in head_features(run.config.head)[0]}
     present = set.intersection(*(existing_ids(os.path.join(features_dir, n)) for n in names))
     return sorted(present)

@@ -45,6 +45,12 @@ class CaptionFormatError(VidfuseError):
     """A caption (or annotation) file is unreadable or not in the expected format."""
 
 
+def captionable(video_id: str) -> bool:
+    """Whether caption files can name ``video_id``: '#' and whitespace separate video id,
+    caption number and text in LAFF caption lines (``video7#3 a man sings``)."""
+    return "#" not in video_id and not any(ch.isspace() for ch in video_id)
+
+
 def video_id_of(caption_id: str) -> str:
     """The video a LAFF caption id belongs to: ``video7#3`` and ``video7#enc#3`` -> ``video7``."""
     vid = caption_id.split("#", 1)[0]
@@ -116,7 +122,7 @@ class CaptionCollector:
         at = f"{self.path} {where}"
         if not video_id:
             raise CaptionFormatError(f"{at}: empty video id")
-        if "#" in video_id or any(ch.isspace() for ch in video_id):
+        if not captionable(video_id):
             raise CaptionFormatError(
                 f"{at}: video id {video_id!r} contains '#' or whitespace, which separate "
                 "video id, caption number and text in LAFF caption lines"

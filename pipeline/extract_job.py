@@ -157,6 +157,18 @@ def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]
     return manifest
 
 
+def _warn_uncaptionable(paths: Sequence[str], video_dir: str) -> None:
+    """Video ids no caption file can name are extracted, but said at once (renaming the files
+    before extraction is cheaper than after)."""
+    from pipeline.captions import captionable
+
+    bad = [vid for vid in (video_id_for(p, video_dir) for p in paths) if not captionable(vid)]
+    if bad:
+        shown = ", ".join(repr(v) for v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        log.warning("%d video id(s) contain '#' or whitespace, which caption files cannot name (caption ids are "
+                    "'<video id>#<n>'): %s; rename those files to train or benchmark on them", len(bad), shown)
+
+
 def _duplicate_ids(paths: Sequence[str], video_dir: str) -> dict[str, str]:
     """Paths whose video id another file already has (``a.mp4`` and ``a.avi``): path -> reason."""
     seen: dict[str, str] = {}
@@ -323,6 +335,7 @@ def run_extraction(
         )
     formats = _check_formats(list(formats or config.output.formats))
     paths = list_videos(video_dir, config.decode.extensions)
+    _warn_uncaptionable(paths, video_dir)
 
     with exclusive_folder(out_dir, "extract job"):
         out_dirs = {n: posixpath.join(out_dir, n) for n in names}

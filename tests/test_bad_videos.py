@@ -10,6 +10,7 @@ is extracted. A rerun changes nothing that was done and retries what failed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ CASES = [
     Case("one/clip.mp4", _copy_synth(2), None),  # the same stem in two folders: two videos
     Case("two/clip.mp4", _copy_synth(3), None),
     Case("vidéo été/日本語 clip #1 50%.mp4", _copy_synth(4), None),  # non-ASCII, spaces, # and %
+    Case("odd/ünïcödé_日本.mp4", lambda p, r: vf.write_video(p, 30, pattern="textured"), None),
     Case("odd/rotated.mp4", lambda p, r: vf.write_video(p, 30, rotation=-90), None),
     Case("odd/ten_bit.mp4", lambda p, r: vf.write_video(p, 30, pix_fmt="yuv420p10le"), None),
     Case("odd/ten_bit_hevc.mp4", lambda p, r: vf.write_video(p, 30, codec="hevc", pix_fmt="yuv420p10le", open_gop=True),
@@ -133,18 +135,36 @@ def corpus(tmp_path_factory):
 def extracted(corpus, tmp_path_factory):
     root, _ = corpus
     out = tmp_path_factory.mktemp("features")
-    summary = run_extraction(str(root), str(out), tiny_config("output.shard_size=8"), extractors=list(EXTRACTORS),
-                             beam_args=IN_PROCESS, progress=False)
-    return out, summary
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("pipeline.extract_job")
+    logger.addHandler(handler)
+    try:
+        summary = run_extraction(str(root), str(out), tiny_config("output.shard_size=8"), extractors=list(EXTRACTORS),
+                                 beam_args=IN_PROCESS, progress=False)
+    finally:
+        logger.removeHandler(handler)
+    return out, summary, warnings
 
 
 def _errors(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / ERRORS_FILE).read_text(encoding="utf-8").splitlines()]
 
 
+def test_ids_that_captions_cannot_name_are_extracted_with_a_warning(extracted):
+    out, _, warnings = extracted
+    assert "vidéo été/日本語 clip #1 50%" in read_rows(out / "clip", "parquet").features
+    assert "odd/ünïcödé_日本" in read_rows(out / "clip", "parquet").features
+    assert warnings == [
+        "1 video id(s) contain '#' or whitespace, which caption files cannot name (caption ids are "
+        "'<video id>#<n>'): 'vidéo été/日本語 clip #1 50%'; rename those files to train or benchmark on them"
+    ]
+
+
 def test_every_good_video_is_extracted_once_and_nothing_else(corpus, extracted):
     root, expected = corpus
-    out, summary = extracted
+    out, summary, _ = extracted
     done = sorted(_vid(rel) for rel, reason in expected.items() if reason is None)
     failed = [rel for rel, reason in expected.items() if reason is not None]
     assert (summary.total, summary.done, summary.failed) == (len(expected), len(done), len(failed))
@@ -161,7 +181,7 @@ def test_every_good_video_is_extracted_once_and_nothing_else(corpus, extracted):
 @pytest.mark.parametrize("case", [c for c in CASES if c.reason is not None], ids=lambda c: c.rel)
 def test_each_bad_entry_is_a_dead_letter_naming_its_path_and_reason(corpus, extracted, case):
     root, expected = corpus
-    out, _ = extracted
+    out, _, _ = extracted
     records = [r for r in _errors(out) if r["path"] == str(root / case.rel)]
     if expected[case.rel] is None:  # the unreadable file, when the tests run as root
         assert records == []
@@ -177,7 +197,7 @@ def test_each_bad_entry_is_a_dead_letter_naming_its_path_and_reason(corpus, extr
                                  "odd/one_frame.mp4", "vidéo été/日本語 clip #1 50%.mp4", "linked/x.mp4", "good/a.avi"])
 def test_unusual_videos_get_the_features_of_the_bare_decoder_calls(corpus, extracted, rel):
     root, _ = corpus
-    out, _ = extracted
+    out, _, _ = extracted
     for name in EXTRACTORS:
         extractor = build_extractor(name, tiny_config().extractors[name], device="cpu")
         vector, matrix, indices = direct_features(extractor, root / rel)
@@ -194,7 +214,7 @@ def test_rotated_video_is_embedded_upright(corpus, extracted):
     from pipeline.sampling import sample_indices
 
     root, _ = corpus
-    out, _ = extracted
+    out, _, _ = extracted
     upright = vf.write_video(root.parent / "upright.mp4", 30)  # same frames, no display matrix
     extractor = build_extractor("clip", tiny_config().extractors["clip"], device="cpu")
     _, want, _ = direct_features(extractor, upright)
@@ -207,7 +227,7 @@ def test_rotated_video_is_embedded_upright(corpus, extracted):
 
 def test_rerun_keeps_every_row_and_retries_only_the_failures(corpus, extracted, tmp_path):
     root, expected = corpus
-    out, _ = extracted
+    out, _, _ = extracted
     copy = tmp_path / "features"
     shutil.copytree(out, copy, symlinks=True)
     before = {n: read_rows(copy / n, "parquet") for n in EXTRACTORS}
@@ -226,3 +246,58 @@ def test_rerun_keeps_every_row_and_retries_only_the_failures(corpus, extracted, 
     assert sorted((r["path"], r["extractor"]) for r in _errors(copy)) == sorted(
         (r["path"], r["extractor"]) for r in _errors(out)
     )
+
+
+# ------------------------------------------------------------------ the later stages
+WORDS = ("red", "green", "blue", "circle", "square", "moves", "left", "right", "slowly", "quickly")
+
+
+def test_later_stages_go_on_without_the_videos_whose_extraction_failed(corpus, extracted, tmp_path, caplog):
+    """Captions and splits name every file of the folder, as a dataset release does; train,
+    index and benchmark leave out the dead letters, say so, and use every other video."""
+    from stage_fixtures import cli
+
+    root, expected = corpus
+    features = tmp_path / "features"
+    shutil.copytree(extracted[0], features, symlinks=True)
+    # caption ids are '<video id>#<n>': a video id with '#' or whitespace cannot be captioned
+    # (the extraction warns about it); the non-ASCII 'odd/ünïcödé' stands for the rest
+    done = sorted({_vid(rel) for rel, reason in expected.items() if reason is None and " " not in rel})
+    failed = sorted({_vid(rel) for rel, reason in expected.items() if reason is not None} - set(done))
+    splits = {"train": done[:10] + failed[:6], "val": done[10:14] + failed[6:9], "test": done[14:] + failed[9:]}
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    with open(data / "captions.jsonl", "w", encoding="utf-8") as f:
+        for vid in done + failed:
+            for _ in range(3):
+                f.write(json.dumps({"video_id": vid, "caption": " ".join(rng.choice(WORDS, 5))}, ensure_ascii=False) + "\n")
+    for name, ids in splits.items():
+        (data / f"{name}.txt").write_text("".join(f"{v}\n" for v in ids), encoding="utf-8")
+    captions = data / "captions.jsonl"
+    assert cli("extract-text", captions, "--out", features, "--config", "tiny", "--encoders", "clip,bow",
+               "--no-progress") == 0
+
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="pipeline.training_set"):
+        assert cli("train", "--features", features, "--captions", captions, "--config", "tiny_laff_ml",
+                   "--out", run, "--set", "epochs=1", "--no-progress") == 0
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"6 of 16 train videos left out: their extraction failed (see {features}/errors.jsonl)" in warned
+    assert f"3 of 7 val videos left out" in warned
+    assert f"{failed[0]} (clip: {expected[next(r for r in expected if _vid(r) == failed[0])]}" in warned
+
+    index = tmp_path / "index"
+    assert cli("index", "--run", run, "--out", index, "--split", "test", "--device", "cpu") == 0
+    assert pq_ids(index) == sorted(splits["test"][: len(done) - 14])  # the test videos that have features
+    report = tmp_path / "report"
+    assert cli("benchmark", "--run", run, "--index", index, "--out", report) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["num_videos"] == len(done) - 14 and metrics["num_captions"] == 3 * (len(done) - 14)
+    assert sorted(metrics["left_out_videos"]) == sorted(failed[9:])
+
+
+def pq_ids(index: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return sorted(pq.read_table(index / "ids.parquet").column(0).to_pylist())
