@@ -3,11 +3,13 @@
 ``flock`` is released by the kernel when the holder dies (even by SIGKILL), so a killed job
 never leaves a stale lock behind. What can outlive a killed job is its worker processes: Beam's
 DirectRunner starts them as separate processes, and when only the launcher is killed (``kill -9
-PID``, the OOM killer) a worker finishes the bundle it holds and writes its shard seconds later,
+PID``, the OOM killer) a worker goes on with the bundle it holds and writes shards seconds later,
 into a folder whose lock is already free. A job started then would extract the same videos
-again (the same id in two shards). So the holder marks its environment with the lock path (the
-workers inherit it), and the next holder waits for processes still carrying that mark before it
-reads the folder; after ``ORPHAN_WAIT_S`` it refuses, naming them.
+again (the same id in two shards: seen in a test, the folder was then refused). So the holder
+marks its environment with the lock path (the workers inherit it) and writes its pid into the
+lock file, clearing it when it ends; a holder that finds a pid there (its predecessor was killed)
+waits for processes still carrying the mark before it reads the folder, and after
+``ORPHAN_WAIT_S`` refuses, naming them.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def exclusive_folder(path: str, what: str = "job", wait: bool = False,
     os.makedirs(path, exist_ok=True)
     lock_path = os.path.realpath(os.path.join(path, LOCK_NAME))
     handle = open(lock_path, "a+")
-    previous_mark = os.environ.get(ENV_MARK)
+    previous_mark, held = os.environ.get(ENV_MARK), False
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,11 +107,14 @@ def exclusive_folder(path: str, what: str = "job", wait: bool = False,
                 ) from None
             log.info("%s: waiting for another %s to finish writing (%s)", path, what, holder)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        _wait_for_leftovers(lock_path, path, what, ORPHAN_WAIT_S if orphan_wait_s is None else orphan_wait_s)
+        handle.seek(0)
+        if handle.read().strip():  # the last holder did not get to clear it: killed
+            _wait_for_leftovers(lock_path, path, what, ORPHAN_WAIT_S if orphan_wait_s is None else orphan_wait_s)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
+        held = True
         os.environ[ENV_MARK] = lock_path
         yield
     finally:
@@ -117,4 +122,7 @@ def exclusive_folder(path: str, what: str = "job", wait: bool = False,
             os.environ.pop(ENV_MARK, None)
         else:
             os.environ[ENV_MARK] = previous_mark
+        if held:  # a clean end (errors included) clears the holder: only a killed job leaves its pid
+            handle.seek(0)
+            handle.truncate()
         handle.close()
