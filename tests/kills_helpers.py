@@ -34,9 +34,9 @@ PRELOAD = ["torch", "apache_beam", "faiss", "h5py", "open_clip", "pyarrow.parque
            "kills_helpers"]
 
 
-def _hook_renames(before: int | None, after: int | None, times: list[float]) -> None:
-    """Note when each rename happens; SIGKILL this process right before rename ``before`` (1 is
-    the first) or right after rename ``after``."""
+def _hook_renames(before: int | None, after: int | None, times: list[float], done) -> None:
+    """Note when each rename happens and count those done (``done``, shared with the test);
+    SIGKILL this process right before rename ``before`` (1 is the first) or right after ``after``."""
     start = time.monotonic()
 
     def wrap(real):
@@ -45,6 +45,7 @@ def _hook_renames(before: int | None, after: int | None, times: list[float]) -> 
             if len(times) == before:
                 os.kill(os.getpid(), signal.SIGKILL)
             result = real(src, dst, *args, **kwargs)
+            done.value = len(times)
             if len(times) == after:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
@@ -53,7 +54,8 @@ def _hook_renames(before: int | None, after: int | None, times: list[float]) -> 
     os.rename, os.replace = wrap(os.rename), wrap(os.replace)
 
 
-def _child(args: list[str], log: str, ready: str, before: int | None, after: int | None, count: str | None) -> None:
+def _child(args: list[str], log: str, ready: str, before: int | None, after: int | None, count: str | None,
+           done) -> None:
     os.setsid()  # its own process group: killpg(pid) reaches it and whatever it starts, nothing else
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
@@ -67,7 +69,7 @@ def _child(args: list[str], log: str, ready: str, before: int | None, after: int
     from vidfuse.cli import main
 
     Path(ready).touch()
-    _hook_renames(before, after, times)
+    _hook_renames(before, after, times, done)
     rc = main(args)
     if count:
         Path(count).write_text(json.dumps(times))
@@ -113,8 +115,10 @@ class Command:
         for path in (self.ready, self.counted):
             path.unlink(missing_ok=True)
         self.count = count
+        self.renamed = _context().Value("i", 0, lock=False)  # renames the child has done so far
         self.proc = _context().Process(target=_child, args=(
-            [str(a) for a in args], str(self.log), str(self.ready), before, after, str(self.counted) if count else None))
+            [str(a) for a in args], str(self.log), str(self.ready), before, after, str(self.counted) if count else None,
+            self.renamed))
         self.proc.start()
         self.deadline = time.monotonic() + timeout
         while not self.ready.exists() and self.proc.exitcode is None and time.monotonic() < self.deadline:
@@ -136,11 +140,19 @@ class Command:
             else:
                 self.proc.kill()
 
-    def wait(self, kill_after: float | None = None) -> Outcome:
-        """Wait for the end; with ``kill_after``, SIGKILL the group that many seconds after the start."""
-        left = max(0.0, self.deadline - time.monotonic())
+    def wait(self, kill_after: float | None = None, renames: int = 0) -> Outcome:
+        """Wait for the end; with ``kill_after``, SIGKILL the group that many seconds after its start,
+        or after its ``renames``-th rename (anchored on its progress, not on a clock)."""
         try:
-            self.proc.join(left if kill_after is None else max(0.0, self.start + kill_after - time.monotonic()))
+            if kill_after is None:
+                self.proc.join(max(0.0, self.deadline - time.monotonic()))
+            else:
+                anchor = self.start
+                if renames:
+                    while self.renamed.value < renames and self.proc.exitcode is None and time.monotonic() < self.deadline:
+                        time.sleep(0.0002)
+                    anchor = time.monotonic()
+                self.proc.join(max(0.0, anchor + kill_after - time.monotonic()))
         finally:
             self.kill()
             self.proc.join()
@@ -149,6 +161,8 @@ class Command:
         return Outcome(self.proc.exitcode, time.monotonic() - self.start, log, times)
 
 
-def run_command(args: Sequence[object], work: Path, delay: float | None = None, **kwargs) -> Outcome:
-    """Run ``vidfuse ARGS`` in a child to its end, or SIGKILL its process group ``delay`` s after it started."""
-    return Command(args, work, **kwargs).wait(kill_after=delay)
+def run_command(args: Sequence[object], work: Path, delay: float | None = None, after_renames: int = 0,
+                **kwargs) -> Outcome:
+    """Run ``vidfuse ARGS`` in a child to its end, or SIGKILL its process group ``delay`` s after
+    it started (or after its ``after_renames``-th rename)."""
+    return Command(args, work, **kwargs).wait(kill_after=delay, renames=after_renames)

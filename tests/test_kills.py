@@ -45,40 +45,44 @@ FORMATS = ("parquet", "hdf5")
 SEEDS = [pytest.param(seed, phase, id=f"seed{seed}") for phase, seed in enumerate((11, 23, 37))]
 
 
-def kill_moment(seed: int, phase: int, rename_times: list[float], seconds: float, shrink: float = 1.0) -> float:
-    """A seeded moment in one phase of a run, placed by its renames (its commits): 0 before the
-    first (start-up: reading inputs, building models), 1 between two consecutive ones drawn by
-    the seed (the work: shards, epochs, the folder swap), 2 from the fifth-last to the end (the
-    final writes, exit). ``shrink`` < 1 moves it towards the start of its span (retries)."""
+def kill_moment(seed: int, phase: int, rename_times: list[float], seconds: float,
+                shrink: float = 1.0) -> tuple[int, float]:
+    """A seeded moment in one phase of a run, as (renames done, seconds after the last of them).
+
+    A run's renames (its commits) cut it into spans: start-up before the first, the work
+    between two (shards, epochs, the folder swap), and the final writes and exit among the last
+    five. Phase 0 draws a moment in the first span, 1 in a span between two renames, 2 in one
+    of the last five spans. Anchoring on the renames rather than on the clock keeps a late
+    moment inside the run when the run is faster than the one measured. ``shrink`` < 1 moves the
+    moment towards the start of its span (retries).
+    """
     rng = random.Random(seed)
-    u, times = rng.random() * shrink, list(rename_times) + [seconds]
-    if phase == 0:
-        return u * times[0]
-    if phase == 1:
-        j = rng.randrange(len(times) - 1)
-        return times[j] + u * (times[j + 1] - times[j])
-    lo = times[max(0, len(times) - 6)]
-    return lo + u * (seconds - lo)
+    u, times = rng.random() * shrink, [0.0, *rename_times, seconds]
+    last = len(rename_times)
+    span = (0 if phase == 0 else rng.randrange(1, max(2, last)) if phase == 1
+            else rng.randrange(max(1, last - 4), last + 1))
+    return span, u * (times[span + 1] - times[span])
 
 
 def kill_at_random(args_of: Callable[[Path], list], work: Path, seed: int, phase: int, ref: "Reference",
                    prepare: Callable[[Path], None] | None = None) -> tuple[Path, Outcome]:
     """Run the command into a fresh ``out`` and SIGKILL it at the seed's moment of the reference
-    run; should this run be faster and end first, retry with the moment placed by its own
-    timeline, a little earlier in the same span."""
+    run; should this run end first, retry with the moment placed by its own timeline, a little
+    earlier in the same span."""
     timeline = (ref.rename_times, ref.seconds)
     for attempt in range(5):
         out = work / f"attempt{attempt}" / "out"  # alone in its folder (index: nothing beside it)
         out.parent.mkdir(parents=True)
         if prepare:
             prepare(out)
-        delay = kill_moment(seed, phase, *timeline, shrink=0.6 ** attempt)
-        outcome = run_command(args_of(out), work / f"attempt{attempt}-child", delay=delay, count=True)
+        renames, delay = kill_moment(seed, phase, *timeline, shrink=0.6 ** attempt)
+        outcome = run_command(args_of(out), work / f"attempt{attempt}-child", delay=delay, after_renames=renames,
+                              count=True)
         if outcome.killed:
             return out, outcome
         assert outcome.exitcode == 0, outcome.log[-3000:]
         timeline = (outcome.rename_times, outcome.seconds)
-    pytest.fail(f"the command always ended before its kill (last delay {delay:.3f} s)")
+    pytest.fail(f"the command always ended before its kill ({delay:.3f} s after rename {renames})")
 
 
 def commit_points(renames: int, skip: range = range(0)) -> list[tuple[str, dict]]:
