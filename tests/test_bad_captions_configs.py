@@ -13,9 +13,11 @@ through ``pipeline.captions.read_captions``). Policy:
 - captions of videos that have no features: ``extract-text`` encodes every caption (text
   features do not depend on video features); ``train``/``benchmark`` use the captions of the
   split files' videos only, so captions of videos in no split change nothing. A split video
-  without features is refused naming the feature set and the videos (some missing:
-  test_train_stage.py::test_features_missing_a_video_of_the_split_is_a_clear_error; all
-  missing: here), and so are captions newer than the text features;
+  whose extraction failed (recorded in errors.jsonl) is left out with a warning naming it
+  (test_bad_videos.py::test_later_stages_go_on_without_the_videos_whose_extraction_failed);
+  one missing for no recorded reason is refused naming the feature set and the videos (some:
+  test_train_stage.py::test_features_missing_a_video_of_the_split_is_a_clear_error; all:
+  here), and so are captions newer than the text features;
 - anything that is not a caption line (no ``#k`` id, no text, a duplicate id, bytes that are
   not UTF-8, a UTF-16 file, a binary file, a NUL byte, no caption at all, a missing file, a
   directory) refuses the whole file, naming file, line and reason, before anything is
