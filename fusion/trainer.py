@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from fusion.checkpoint import (CHECKPOINT, LAST, CheckpointError, check_dims, check_vocab, head_dims, load_checkpoint,
                                save_atomic)
-from fusion.config import HeadConfig
+from fusion.config import HeadConfig, check_train_config
 from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feature_dims
 from fusion.encode import embedding_similarity, encode_bank
 from fusion.factory import build_head, uses_tokens
@@ -88,6 +88,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
     out = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     out.optim = resolve_optim(cfg.optim, cfg.head.type)
+    check_train_config(out)  # so library callers get the command line's value checks too
     return out
 
 

@@ -291,18 +291,21 @@ def run_training(cfg, features_dir: str, captions: str, out_dir: str, splits: st
 
     from pathlib import Path
 
+    from pipeline.job_lock import exclusive_folder
+
     corpus = Corpus.read(captions, splits)
     data, manifests = build_train_data(features_dir, corpus, cfg.head)
-    sources = Path(out_dir) / RUN_SOURCES
-    previous = sources.read_bytes() if sources.is_file() else None
-    write_run_sources(out_dir, features_dir, captions, splits, manifests)
-    try:
-        return train(cfg, data, out_dir, resume=resume, progress=progress)
-    except VidfuseError:
-        # a refused run (e.g. resuming with other dims) must leave the run pointing at the
-        # inputs its checkpoints were trained on: index/benchmark/search default to them
-        if previous is None:
-            sources.unlink(missing_ok=True)
-        else:
-            sources.write_bytes(previous)
-        raise
+    with exclusive_folder(out_dir, "training run"):  # two runs into one folder would interleave epochs
+        sources = Path(out_dir) / RUN_SOURCES
+        previous = sources.read_bytes() if sources.is_file() else None
+        write_run_sources(out_dir, features_dir, captions, splits, manifests)
+        try:
+            return train(cfg, data, out_dir, resume=resume, progress=progress)
+        except VidfuseError:
+            # a refused run (e.g. resuming with other dims) must leave the run pointing at the
+            # inputs its checkpoints were trained on: index/benchmark/search default to them
+            if previous is None:
+                sources.unlink(missing_ok=True)
+            else:
+                sources.write_bytes(previous)
+            raise

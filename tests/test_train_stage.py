@@ -190,3 +190,17 @@ def test_text_and_video_clip_from_different_configs_is_a_clear_error(stage_data,
     assert cli(*_train_args(stage_data, tmp_path / "run", features=features)) == 2
     err = _error(capsys)
     assert "CLIP" in err and "different" in err
+
+
+def test_second_training_into_a_run_folder_in_use_is_refused(stage_data, tmp_path, capsys):
+    """Two runs into one folder would interleave their epochs in metrics.jsonl and last.pt."""
+    from pipeline.job_lock import exclusive_folder
+
+    run = tmp_path / "run"
+    with exclusive_folder(str(run), "training run"):  # as the first `vidfuse train` holds it
+        assert cli(*_train_args(stage_data, run, "tiny_laff_ml", "epochs=1")) == 2
+        err = _error(capsys)
+        assert f"another training run is writing to {run}" in err
+        assert sorted(p.name for p in run.iterdir()) == [".vidfuse.lock"]  # nothing of the refused run
+    assert cli(*_train_args(stage_data, run, "tiny_laff_ml", "epochs=1")) == 0  # free again: trains
+    assert len(_history(run)) == 1

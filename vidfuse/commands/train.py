@@ -29,14 +29,13 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.config import check_train_config
     from fusion.trainer import TrainConfig, resolve_config
     from pipeline.training_set import run_training
     from vidfuse.config import load_config
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(TrainConfig, args.config, overrides, kind="train",
-                      check=lambda c: check_train_config(resolve_config(c)))
+                      check=resolve_config)
     with no_new_folder_if_refused(args.out):
         result = run_training(cfg, args.features, args.captions, args.out, args.splits,
                               resume=not args.fresh, progress=not args.no_progress)
