@@ -510,7 +510,7 @@ class DecordReader(VideoReader):
             self._vr = None
             raise VideoDecodeError(
                 self.path, f"decord places the keyframes at frames {keyframes[:4].tolist()}, not "
-                f"{index.keyframes[:4].tolist()} (an open-GOP stream), so it would return wrong frames; use backend='pyav'"
+                f"{index.keyframes[:4].tolist()} (as in open-GOP streams), so it would return wrong frames; use backend='pyav'"
             )
         self._times = stamps[:, 0] - stamps[0, 0]
         duration = _duration(self._times, fps)

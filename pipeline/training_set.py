@@ -172,15 +172,16 @@ def failed_extractions(features_dir: str, names: Sequence[str]) -> dict[str, str
     wanted = {_base(n) for n in names}
     failed: dict[str, str] = {}
     with FileSystems.open(path) as f:
-        for number, line in enumerate(f.read().decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if record["extractor"] in wanted:
-                    failed.setdefault(record["video_id"], f"{record['extractor']}: {record['reason']}")
-            except (ValueError, KeyError, TypeError):
-                raise TrainingSetError(f"{path} line {number}: not an extraction error record") from None
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if record["extractor"] in wanted:
+                failed.setdefault(record["video_id"], f"{record['extractor']}: {record['reason']}")
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            raise TrainingSetError(f"{path} line {number}: not an extraction error record") from None
     return failed
 
 
@@ -202,8 +203,10 @@ def without_failed_videos(video_ids: Sequence[str], features_dir: str, names: Se
     if dropped:
         shown = "; ".join(f"{v} ({failed[v]})" for v in dropped[:3])
         more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        from pipeline.extract_job import ERRORS_FILE
+
         log.warning("%d of %d %s videos left out: their extraction failed (see %s): %s%s", len(dropped),
-                    len(video_ids), split, posixpath.join(features_dir, "errors.jsonl"), shown, more)
+                    len(video_ids), split, posixpath.join(features_dir, ERRORS_FILE), shown, more)
     return [v for v in video_ids if v not in failed]
 
 
@@ -231,7 +234,8 @@ def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str
     videos whose extraction failed."""
     video_names, text_names = head_features(head_cfg)
     train_ids = without_failed_videos(list(dict.fromkeys(corpus.split_videos("train"))), features_dir, video_names, "train")
-    val_ids = [v for v in dict.fromkeys(corpus.splits.get(val_split, [])) if v not in set(train_ids)]
+    train_set = set(train_ids)
+    val_ids = [v for v in dict.fromkeys(corpus.splits.get(val_split, [])) if v not in train_set]
     val_ids = without_failed_videos(val_ids, features_dir, video_names, val_split)
     if not val_ids:
         raise TrainingSetError(f"the {val_split!r} split is missing or empty: training validates every epoch on it")
