@@ -339,8 +339,9 @@ def load_feature_set(
     listed = {_stem(entry) for entry in manifest.shards}
     unlisted = [FileSystems.split(p)[1] for p in paths if _stem(p) not in listed]
     if unlisted:  # an extraction killed before its last manifest update; the rows carry its hash
-        logger.warning("%s: reading %d shard(s) manifest.json does not list yet: %s", path, len(unlisted),
-                       _examples(unlisted))
+        logger.warning("%s: reading %d shard(s) manifest.json does not list yet: %s; an extraction into it is "
+                       "running or was killed, so the set may be incomplete (rerun `vidfuse extract` to finish it)",
+                       path, len(unlisted), _examples(unlisted))
     dim = manifest.dim
 
     # Pass 1: headers (hash, dims, row counts), ids, and agreement with the other format's copy.

@@ -609,6 +609,16 @@ def test_what_a_killed_job_leaves_gives_the_clean_outputs(stage_data, runs, clea
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
+def test_a_shard_not_yet_in_the_manifest_is_read_with_a_warning_that_the_set_may_be_incomplete(features, caplog):
+    from pipeline.features import load_feature_set
+
+    _ok_shard_not_in_manifest(features / VIDEO_SET)
+    with caplog.at_level("WARNING", logger="pipeline.features"):
+        load_feature_set(str(features / VIDEO_SET))
+    assert "an extraction into it is running or was killed, so the set may be incomplete" in caplog.text
+    assert "rerun `vidfuse extract` to finish it" in caplog.text
+
+
 # --------------------------------------------------------------------------- text feature sets
 
 
