@@ -156,7 +156,12 @@ class Command:
         finally:
             self.kill()
             self.proc.join()
-        times = json.loads(self.counted.read_text()) if self.count and self.counted.exists() else None
+        times = None
+        if self.count and self.counted.exists():
+            try:
+                times = json.loads(self.counted.read_text())
+            except ValueError:  # killed while writing it, after its command returned: not needed then
+                assert self.proc.exitcode == -signal.SIGKILL, self.counted
         log = self.log.read_text(errors="replace") if self.log.exists() else ""
         return Outcome(self.proc.exitcode, time.monotonic() - self.start, log, times)
 
