@@ -46,8 +46,8 @@ from extractors.clip import ClipConfig, save_clip_checkpoint
 from fusion.checkpoint import LAST, CheckpointError, load_checkpoint, save_atomic
 from fusion.losses import info_nce, triplet_ranking_loss
 from fusion.optim import LrController, OptimConfig, build_optimizer, resolve_optim
-from fusion.trainer import (amp_settings, check_val_metric, config_differences, epoch_batches, epoch_seed,
-                            is_better, metric_value, pick_device, read_history, rng_state, set_rng_state,
+from fusion.trainer import (TrainResult, amp_settings, check_val_metric, config_differences, epoch_batches,
+                            epoch_seed, is_better, metric_value, pick_device, read_history, rng_state, set_rng_state,
                             write_history)
 from pipeline.config import DecodeConfig, ExtractConfig, TextConfig
 from pipeline.sampling import SamplingConfig, sample_indices, validate_sampling
@@ -133,16 +133,10 @@ class ZeroShot:
 
 
 @dataclass
-class ClipFtResult:
-    run_dir: Path
+class ClipFtResult(TrainResult):
+    """A fusion run's result, plus what only clip-ft has."""
+
     checkpoint: Path  # RUN/clip_ft.pt
-    best_epoch: int
-    best_metric: float
-    metric_name: str
-    epochs_run: int
-    stopped_early: bool
-    history: list[dict]
-    best_val: dict
     baseline_val: dict  # the starting model's validation metrics (epoch 0), {} when not measured
     failed: dict[str, str]  # video id -> why it could not be decoded (over all epochs)
 

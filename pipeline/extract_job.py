@@ -29,7 +29,7 @@ from extractors.registry import build_extractor
 from pipeline.transforms import ExtractFeatures
 from pipeline.video_files import is_local, list_videos, normalise_dir, video_id_for
 from vidfuse.config import config_hash, config_to_dict
-from vidfuse.errors import ConfigError
+from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,28 @@ def _remove_temp_files(folder: str) -> None:
         FileSystems.delete(doomed)
 
 
+DEAD_LETTER_KEYS = ("path", "video_id", "extractor", "reason")
+
+
+def read_dead_letters(path: str) -> list[dict]:
+    """The records of a dead-letter file (errors.jsonl, or one run's part of it); a line that
+    is not such a record is an error naming the file and line."""
+    with FileSystems.open(path) as handle:
+        lines = handle.read().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)  # UnicodeDecodeError is a ValueError too
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or any(key not in record for key in DEAD_LETTER_KEYS):
+            raise VidfuseError(f"{path} line {number}: not an extraction error record")
+        records.append(record)
+    return records
+
+
 def _merge_dead_letters(
     out_dir: str, prefix: str, present: dict[str, set[str]], rejected: dict[str, str]
 ) -> tuple[str, int]:
@@ -232,20 +254,14 @@ def _merge_dead_letters(
     errors_path = posixpath.join(out_dir, ERRORS_FILE)
     entries: dict[tuple[str, str], dict] = {}
     if FileSystems.exists(errors_path):
-        with FileSystems.open(errors_path) as handle:
-            for line in handle.read().decode("utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    entries[(record["path"], record["extractor"])] = record
+        for record in read_dead_letters(errors_path):
+            entries[(record["path"], record["extractor"])] = record
     parts = [m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list]
     new_failures = set()
     for part in parts:
-        with FileSystems.open(part) as handle:
-            for line in handle.read().decode("utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    entries[(record["path"], record["extractor"])] = record
-                    new_failures.add(record["path"])
+        for record in read_dead_letters(part):
+            entries[(record["path"], record["extractor"])] = record
+            new_failures.add(record["path"])
     entries = {
         key: rec
         for key, rec in entries.items()

@@ -156,58 +156,58 @@ class SplitBanks:
     vocab_size: int | None
 
 
-def failed_extractions(features_dir: str, names: Sequence[str]) -> dict[str, str]:
-    """Videos the extraction job recorded as unreadable for any feature set ``names`` (its
-    ``errors.jsonl``): video id -> reason. A record may name a video that has rows anyway
-    (a second file with the same id), so callers check presence."""
-    import json
+def unreadable_videos(features_dir: str, names: Sequence[str], video_ids: Sequence[str]) -> dict[str, str]:
+    """Those of ``video_ids`` that the extraction job recorded as unreadable for a feature set
+    ``names`` (its ``errors.jsonl``) and that have no rows there: video id -> reason.
 
+    Presence is checked because a record may name a video holding rows anyway (a second
+    file with the same id).
+    """
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.extract_job import ERRORS_FILE
+    from pipeline.extract_job import ERRORS_FILE, read_dead_letters
+    from pipeline.shards import existing_ids
 
     path = posixpath.join(features_dir, ERRORS_FILE)
     if not FileSystems.exists(path):
         return {}
-    wanted = {_base(n) for n in names}
+    bases = {_base(n) for n in names}
+    wanted = set(video_ids)
     failed: dict[str, str] = {}
-    with FileSystems.open(path) as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if record["extractor"] in wanted:
+    try:
+        for record in read_dead_letters(path):
+            if record["extractor"] in bases and record["video_id"] in wanted:
                 failed.setdefault(record["video_id"], f"{record['extractor']}: {record['reason']}")
-        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
-            raise TrainingSetError(f"{path} line {number}: not an extraction error record") from None
+    except VidfuseError as exc:
+        raise TrainingSetError(str(exc)) from None
+    if failed:
+        present = set.intersection(*(existing_ids(posixpath.join(features_dir, b)) for b in bases))
+        failed = {v: reason for v, reason in failed.items() if v not in present}
     return failed
 
 
-def without_failed_videos(video_ids: Sequence[str], features_dir: str, names: Sequence[str], split: str) -> list[str]:
-    """``video_ids`` less those whose extraction failed, with a warning naming them.
+def leave_out_unreadable(video_ids: Sequence[str], unreadable: dict[str, str], split: str,
+                         features_dir: str) -> list[str]:
+    """``video_ids`` less the ``unreadable`` ones, with a warning naming them and why.
 
     Why: a collection always holds a few unreadable files (corrupt downloads); they are
     dead letters of the extraction, and stopping every later stage for them would leave
     the user editing split files. Videos missing for no recorded reason stay an error.
     """
-    failed = failed_extractions(features_dir, names)
-    dropped = [v for v in video_ids if v in failed]
-    if dropped:
-        from pipeline.shards import existing_ids
+    from pipeline.extract_job import ERRORS_FILE
 
-        present = set.intersection(*(existing_ids(posixpath.join(features_dir, b)) for b in {_base(n) for n in names}))
-        dropped = [v for v in dropped if v not in present]
-        failed = {v: failed[v] for v in dropped}
+    dropped = [v for v in video_ids if v in unreadable]
     if dropped:
-        shown = "; ".join(f"{v} ({failed[v]})" for v in dropped[:3])
+        shown = "; ".join(f"{v} ({unreadable[v]})" for v in dropped[:3])
         more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
-        from pipeline.extract_job import ERRORS_FILE
-
         log.warning("%d of %d %s videos left out: their extraction failed (see %s): %s%s", len(dropped),
                     len(video_ids), split, posixpath.join(features_dir, ERRORS_FILE), shown, more)
-    return [v for v in video_ids if v not in failed]
+    return [v for v in video_ids if v not in unreadable]
+
+
+def without_failed_videos(video_ids: Sequence[str], features_dir: str, names: Sequence[str], split: str) -> list[str]:
+    """One split's ``video_ids`` less those whose extraction failed (see :func:`leave_out_unreadable`)."""
+    return leave_out_unreadable(video_ids, unreadable_videos(features_dir, names, video_ids), split, features_dir)
 
 
 def load_split(features_dir: str, corpus: Corpus, split: str, head_cfg, need_texts: bool = True) -> SplitBanks:
@@ -233,10 +233,12 @@ def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str
     """TrainData over the train and val videos (one bank; val rows after train rows), less the
     videos whose extraction failed."""
     video_names, text_names = head_features(head_cfg)
-    train_ids = without_failed_videos(list(dict.fromkeys(corpus.split_videos("train"))), features_dir, video_names, "train")
+    train_ids = list(dict.fromkeys(corpus.split_videos("train")))
     train_set = set(train_ids)
     val_ids = [v for v in dict.fromkeys(corpus.splits.get(val_split, [])) if v not in train_set]
-    val_ids = without_failed_videos(val_ids, features_dir, video_names, val_split)
+    unreadable = unreadable_videos(features_dir, video_names, train_ids + val_ids)  # errors.jsonl read once
+    train_ids = leave_out_unreadable(train_ids, unreadable, "train", features_dir)
+    val_ids = leave_out_unreadable(val_ids, unreadable, val_split, features_dir)
     if not val_ids:
         raise TrainingSetError(f"the {val_split!r} split is missing or empty: training validates every epoch on it")
     video_ids = train_ids + val_ids

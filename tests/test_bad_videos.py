@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,3 +302,18 @@ def pq_ids(index: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     return sorted(pq.read_table(index / "ids.parquet").column(0).to_pylist())
+
+
+@pytest.mark.parametrize("line", ['{"path": "a.mp4", "video_id": "a"}', "not json", '["a list"]', "\udcff"],
+                         ids=["missing_keys", "not_json", "not_an_object", "bad_utf8"])
+def test_a_damaged_errors_file_is_named_by_every_reader(extracted, tmp_path, line, capsys):
+    """errors.jsonl is read by the next extraction (to merge) and by train, index and benchmark."""
+    from pipeline.extract_job import read_dead_letters
+    from vidfuse.errors import VidfuseError
+
+    errors = tmp_path / ERRORS_FILE
+    good = (extracted[0] / ERRORS_FILE).read_bytes()
+    errors.write_bytes(good + line.encode("utf-8", "surrogateescape") + b"\n")
+    number = len(good.splitlines()) + 1
+    with pytest.raises(VidfuseError, match=f"^{re.escape(str(errors))} line {number}: not an extraction error record$"):
+        read_dead_letters(str(errors))
