@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,27 @@ PRELOAD = ["torch", "apache_beam", "faiss", "h5py", "open_clip", "pyarrow.parque
            "kills_helpers"]
 
 
-def _hook_renames(before: int | None, after: int | None, times: list[float], done) -> None:
-    """Note when each rename happens and count those done (``done``, shared with the test);
-    SIGKILL this process right before rename ``before`` (1 is the first) or right after ``after``."""
+def _kill_group() -> None:
+    os.killpg(0, signal.SIGKILL)  # this child leads its own group: it and whatever it started
+
+
+def _hook_renames(before: int | None, after: int | None, times: list[float],
+                  group_after: tuple[int, float] | None = None) -> None:
+    """Note when each rename happens; SIGKILL this process right before rename ``before`` (1 is
+    the first) or right after ``after``; SIGKILL the process group ``group_after[1]`` s after
+    rename ``group_after[0]`` (timed here: a test process polling for the rename reacts slower
+    than the gap between two renames, e.g. the two of an index swap)."""
     start = time.monotonic()
+
+    def after_rename(count: int) -> None:
+        if count == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if group_after is not None and count == group_after[0]:
+            if group_after[1] <= 0:
+                _kill_group()
+            else:
+                sys.setswitchinterval(1e-5)  # let the timer thread in promptly
+                threading.Timer(group_after[1], _kill_group).start()
 
     def wrap(real):
         def rename(src, dst, *args, **kwargs):
@@ -45,9 +63,7 @@ def _hook_renames(before: int | None, after: int | None, times: list[float], don
             if len(times) == before:
                 os.kill(os.getpid(), signal.SIGKILL)
             result = real(src, dst, *args, **kwargs)
-            done.value = len(times)
-            if len(times) == after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            after_rename(len(times))
             return result
         return rename
 
@@ -55,7 +71,7 @@ def _hook_renames(before: int | None, after: int | None, times: list[float], don
 
 
 def _child(args: list[str], log: str, ready: str, before: int | None, after: int | None, count: str | None,
-           done) -> None:
+           group_after: tuple[int, float] | None = None) -> None:
     os.setsid()  # its own process group: killpg(pid) reaches it and whatever it starts, nothing else
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
@@ -69,7 +85,7 @@ def _child(args: list[str], log: str, ready: str, before: int | None, after: int
     from vidfuse.cli import main
 
     Path(ready).touch()
-    _hook_renames(before, after, times, done)
+    _hook_renames(before, after, times, group_after)
     rc = main(args)
     if count:
         Path(count).write_text(json.dumps(times))
@@ -109,16 +125,15 @@ class Command:
     """``vidfuse ARGS`` running in a forked child, in its own session (see the module docstring)."""
 
     def __init__(self, args: Sequence[object], work: Path, before: int | None = None, after: int | None = None,
-                 count: bool = False, timeout: float = 300):
+                 count: bool = False, timeout: float = 300, group_after: tuple[int, float] | None = None):
         work.mkdir(parents=True, exist_ok=True)
         self.log, self.ready, self.counted = work / "child.log", work / "child.ready", work / "child.renames"
         for path in (self.ready, self.counted):
             path.unlink(missing_ok=True)
         self.count = count
-        self.renamed = _context().Value("i", 0, lock=False)  # renames the child has done so far
         self.proc = _context().Process(target=_child, args=(
             [str(a) for a in args], str(self.log), str(self.ready), before, after, str(self.counted) if count else None,
-            self.renamed))
+            group_after))
         self.proc.start()
         self.deadline = time.monotonic() + timeout
         while not self.ready.exists() and self.proc.exitcode is None and time.monotonic() < self.deadline:
@@ -140,19 +155,13 @@ class Command:
             else:
                 self.proc.kill()
 
-    def wait(self, kill_after: float | None = None, renames: int = 0) -> Outcome:
-        """Wait for the end; with ``kill_after``, SIGKILL the group that many seconds after its start,
-        or after its ``renames``-th rename (anchored on its progress, not on a clock)."""
+    def wait(self, kill_after: float | None = None) -> Outcome:
+        """Wait for the end; with ``kill_after``, SIGKILL the group that many seconds after its start."""
         try:
             if kill_after is None:
                 self.proc.join(max(0.0, self.deadline - time.monotonic()))
             else:
-                anchor = self.start
-                if renames:
-                    while self.renamed.value < renames and self.proc.exitcode is None and time.monotonic() < self.deadline:
-                        time.sleep(0.0002)
-                    anchor = time.monotonic()
-                self.proc.join(max(0.0, anchor + kill_after - time.monotonic()))
+                self.proc.join(max(0.0, self.start + kill_after - time.monotonic()))
         finally:
             self.kill()
             self.proc.join()
@@ -169,5 +178,7 @@ class Command:
 def run_command(args: Sequence[object], work: Path, delay: float | None = None, after_renames: int = 0,
                 **kwargs) -> Outcome:
     """Run ``vidfuse ARGS`` in a child to its end, or SIGKILL its process group ``delay`` s after
-    it started (or after its ``after_renames``-th rename)."""
-    return Command(args, work, **kwargs).wait(kill_after=delay, renames=after_renames)
+    it started (or after its ``after_renames``-th rename: then timed by the child itself)."""
+    if after_renames and delay is not None:
+        return Command(args, work, group_after=(after_renames, delay), **kwargs).wait()
+    return Command(args, work, **kwargs).wait(kill_after=delay)

@@ -75,7 +75,8 @@ def kill_at_random(args_of: Callable[[Path], list], work: Path, seed: int, phase
         out.parent.mkdir(parents=True)
         if prepare:
             prepare(out)
-        renames, delay = kill_moment(seed, phase, *timeline, shrink=0.6 ** attempt)
+        # the last try kills at the start of the span, which no run can end before
+        renames, delay = kill_moment(seed, phase, *timeline, shrink=0.6 ** attempt if attempt < 4 else 0.0)
         outcome = run_command(args_of(out), work / f"attempt{attempt}-child", delay=delay, after_renames=renames,
                               count=True)
         if outcome.killed:
