@@ -274,7 +274,35 @@ class ClipExtractor(VideoExtractor):
         self._finish_model()
 
     def model_name(self) -> str:
-        return self.config.model
+        return type(self).model_name_for(self.config)
+
+    @classmethod
+    def model_name_for(cls, config: ClipConfig) -> str:
+        return config.model
+
+    @classmethod
+    def dim_for(cls, config: ClipConfig) -> int:
+        model_cfg = open_clip.get_model_config(config.model)
+        if model_cfg is None:
+            raise ConfigError(
+                f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()"
+            )
+        return int(model_cfg["embed_dim"])
+
+    @classmethod
+    def weights_label(cls, config: ClipConfig) -> str:
+        if config.pretrained is None:
+            return "random"
+        path = local_checkpoint(config.pretrained, extractor="clip")
+        if path is not None:
+            return str(path)
+        if not open_clip.get_pretrained_cfg(config.model, config.pretrained):
+            tags = open_clip.list_pretrained_tags_by_model(config.model)
+            raise WeightsNotFoundError(
+                f"clip: {config.pretrained!r} is neither a checkpoint file nor a pretrained tag of {config.model} "
+                f"(known tags: {tags or 'none'}); set extractors.clip.pretrained to one, a path, or null"
+            )
+        return config.pretrained
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [T,H,W,3] -> [T,3,S,S] (shorter side to S bicubic, centre crop, CLIP mean/std)."""
