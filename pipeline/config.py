@@ -33,6 +33,14 @@ class OutputConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How the models run on the workers (RunInference, see ``pipeline.model_handlers``)."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; recorded in the manifest when not fp32)
+    model_copies: Optional[int] = None  # models per machine shared by its processes (GPU); null: one per process
+
+
+@dataclass
 class TextConfig:
     """Caption-side encoders; ``clip`` uses the video side's ``extractors.clip`` settings."""
 
@@ -47,6 +55,7 @@ class TextConfig:
 class ExtractConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     extractors: Dict[str, Any] = field(default_factory=dict)  # name -> that extractor's config
     text: TextConfig = field(default_factory=TextConfig)
 
@@ -89,6 +98,12 @@ def check_extract_config(cfg: ExtractConfig) -> None:
         except VidfuseError as exc:
             raise ConfigError(f"output.formats: {exc}") from None
     _at_least(cfg.output.shard_size, 1, "output.shard_size")
+    from pipeline.model_handlers import PRECISIONS
+
+    if cfg.inference.precision not in PRECISIONS:
+        raise ConfigError(f"inference.precision: {cfg.inference.precision!r} is not one of {list(PRECISIONS)}")
+    if cfg.inference.model_copies is not None:
+        _at_least(cfg.inference.model_copies, 1, "inference.model_copies")
     for name, settings in cfg.extractors.items():
         try:
             schema = extractor_class(name).Config
