@@ -21,8 +21,13 @@ COPY extractors extractors
 COPY fusion fusion
 COPY index index
 COPY configs configs
-# faiss-gpu wheels pair with CUDA 12; torch from PyPI brings its own CUDA runtime.
-RUN pip install -e ".[gpu]" "apache-beam[gcp]==2.77.0"
+# One CUDA major (12, the base image's) for torch, torchcodec and faiss-gpu: PyPI's torch and
+# torchcodec default to CUDA 13 wheels, so both come from PyTorch's cu128 index. torchcodec
+# decodes with the FFmpeg shared libraries of the `ffmpeg` package above (decode.backend auto,
+# decode.device cuda for NVDEC).
+ARG TORCH_CUDA=cu128
+RUN pip install --index-url https://download.pytorch.org/whl/${TORCH_CUDA} torch torchvision torchcodec \
+ && pip install -e ".[gpu]" "apache-beam[gcp]==2.77.0"
 
 # Model weights are not baked in: mount a cache (or pass local paths in the config).
 ENV TORCH_HOME=/cache/torch HF_HOME=/cache/huggingface

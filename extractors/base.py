@@ -120,9 +120,19 @@ class VideoExtractor(ABC):
         return sample_indices(self.config.sampling, num_frames, frame_times)
 
     # --- model ----------------------------------------------------------------------------
-    @abstractmethod
+    @classmethod
+    def frame_transform_for(cls, config: Any):
+        """The extractors.preprocess.FrameTransform of ``config``, without building the model
+        (the extraction job resizes right after decoding with it)."""
+        raise NotImplementedError(cls)
+
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [N,H,W,3] frames in the flattened order of the indices -> float units on CPU."""
+        return self.units(self.transform.resize_crop(frames))
+
+    def units(self, resized: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,3,S,S] frames at the model's resolution -> float units (frames: [N,3,S,S])."""
+        return self.transform.normalise(resized)
 
     @abstractmethod
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -214,7 +224,11 @@ class ClipLevelExtractor(VideoExtractor):
             if frames.shape[1] != clip_len:
                 raise ValueError(f"{self.name}: clips of {frames.shape[1]} frames, expected clip_len {clip_len}")
             frames = frames.reshape(-1, *frames.shape[2:])
-        return frames_to_clips(self.transform(frames), clip_len)
+        return super().preprocess(frames)
+
+    def units(self, resized: torch.Tensor) -> torch.Tensor:
+        """uint8 [C*L,3,S,S] clip-major frames -> [C,3,L,S,S] clips."""
+        return frames_to_clips(self.transform.normalise(resized), self.config.sampling.clip_len)
 
     def _describe_extra(self) -> dict:
         return {"preprocess": self.transform.describe(), "pooling": "mean over clips"}

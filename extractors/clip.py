@@ -209,23 +209,36 @@ def load_clip(config: ClipConfig) -> ClipBundle:
     if path is not None:
         _load_weights_file(model, path)
     model.eval()
-    pp = open_clip.get_model_preprocess_cfg(model)
-    size = pp.get("size", 224)
-    size = int(size if isinstance(size, int) else min(size))
-    transform = FrameTransform(
-        resize=size,
-        crop=size,
-        mean=as_tuple3(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-        std=as_tuple3(pp.get("std", open_clip.OPENAI_DATASET_STD)),
-        interpolation="bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear",
-    )
     return ClipBundle(
         model=model,
         tokenizer=open_clip.get_tokenizer(config.model),
-        transform=transform,
+        transform=clip_transform(config),
         weights=weights,
         quick_gelu=quick_gelu,
         dim=int(open_clip.get_model_config(config.model)["embed_dim"]),
+    )
+
+
+def clip_transform(config: ClipConfig) -> FrameTransform:
+    """The image tower's preprocessing from the model config alone: what open_clip sets on a model
+    built with ``pretrained=None`` (as :func:`load_clip` builds it before loading weights):
+    its PreprocessCfg defaults, at the vision tower's image size."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    model_cfg = open_clip.get_model_config(config.model)
+    if model_cfg is None:
+        raise ConfigError(f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()")
+    pp = asdict(PreprocessCfg())
+    size = model_cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    size = int(size if isinstance(size, int) else min(size))
+    return FrameTransform(
+        resize=size,
+        crop=size,
+        mean=as_tuple3(pp["mean"]),
+        std=as_tuple3(pp["std"]),
+        interpolation="bicubic" if pp["interpolation"] == "bicubic" else "bilinear",
     )
 
 
@@ -304,9 +317,10 @@ class ClipExtractor(VideoExtractor):
             )
         return config.pretrained
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 [T,H,W,3] -> [T,3,S,S] (shorter side to S bicubic, centre crop, CLIP mean/std)."""
-        return self.transform(frames)
+    @classmethod
+    def frame_transform_for(cls, config: ClipConfig) -> FrameTransform:
+        """Shorter side to S bicubic, centre crop, CLIP mean/std."""
+        return clip_transform(config)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(batch, normalize=self.config.normalize)

@@ -76,9 +76,7 @@ class IrCSNExtractor(ClipLevelExtractor):
 
     def __init__(self, config: IrCSNConfig, device: str | torch.device = "auto"):
         super().__init__(config, device)
-        self.transform = FrameTransform(
-            resize=config.resize, crop=config.crop_size, mean=IG65M_MEAN, std=IG65M_STD
-        )
+        self.transform = type(self).frame_transform_for(config)
         self.model = build_ircsn(config.depth, config.stem_dim)
         self.dim = type(self).dim_for(config)
         self.weights = self._load_weights()
@@ -96,6 +94,10 @@ class IrCSNExtractor(ClipLevelExtractor):
                 f"extractor 'ircsn': need 32 <= crop_size <= resize, got crop_size {config.crop_size}, "
                 f"resize {config.resize} (key 'crop_size')"
             )
+
+    @classmethod
+    def frame_transform_for(cls, config: IrCSNConfig) -> FrameTransform:
+        return FrameTransform(resize=config.resize, crop=config.crop_size, mean=IG65M_MEAN, std=IG65M_STD)
 
     @classmethod
     def dim_for(cls, config: IrCSNConfig) -> int:

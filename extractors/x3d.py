@@ -95,8 +95,7 @@ class X3DExtractor(ClipLevelExtractor):
     def __init__(self, config: X3DConfig, device: str | torch.device = "auto"):
         super().__init__(config, device)
         self.variant = X3D_VARIANTS[config.variant]
-        crop = config.crop_size or self.variant.crop
-        self.transform = FrameTransform(resize=config.resize or crop, crop=crop, mean=KINETICS_MEAN, std=KINETICS_STD)
+        self.transform = type(self).frame_transform_for(config)
         self.model = build_x3d(self.variant)
         self.weights = self._load_weights()
         self.dim = self.variant.head_dim_out
@@ -124,6 +123,11 @@ class X3DExtractor(ClipLevelExtractor):
                 f"extractor 'x3d': sampling.clip_len {config.sampling.clip_len} is shorter than "
                 f"X3D-{config.variant}'s temporal window ({variant.clip_len}) (key 'sampling.clip_len')"
             )
+
+    @classmethod
+    def frame_transform_for(cls, config: X3DConfig) -> FrameTransform:
+        crop = config.crop_size or X3D_VARIANTS[config.variant].crop
+        return FrameTransform(resize=config.resize or crop, crop=crop, mean=KINETICS_MEAN, std=KINETICS_STD)
 
     @classmethod
     def model_name_for(cls, config: X3DConfig) -> str:

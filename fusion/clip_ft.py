@@ -255,7 +255,9 @@ class VideoFrames(torch.utils.data.Dataset):
     def __init__(self, paths: Sequence[str], sampling: SamplingConfig, transform, decode: DecodeConfig,
                  seed: int = 0, epoch: Optional[int] = None):
         self.paths, self.sampling, self.transform = list(paths), sampling, transform
-        self.backend, self.fallback = decode.backend, decode.fallback
+        from pipeline.decode_auto import resolve_backend
+
+        self.backend, self.fallback = resolve_backend(decode.backend), decode.fallback
         self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:

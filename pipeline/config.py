@@ -21,8 +21,9 @@ VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 
 @dataclass
 class DecodeConfig:
-    backend: str = "decord"  # decord | pyav | torchcodec
+    backend: str = "auto"  # auto (torchcodec where it loads, else pyav; see pipeline.decode_auto) | decord | pyav | torchcodec
     fallback: Optional[str] = "pyav"  # tried when the backend cannot open a file (decord: GIF, AV1)
+    device: str = "cpu"  # cpu | cuda: NVDEC decoding (torchcodec, or auto where torchcodec loads)
     extensions: List[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
 
 
@@ -69,11 +70,19 @@ def check_decode_config(cfg: DecodeConfig, prefix: str = "decode") -> None:
     """Backends that exist here, and some extension to look for."""
     from pipeline.decode import available_backends
 
+    from pipeline.decode_auto import AUTO
+
     known = available_backends()
     for key in ("backend", "fallback"):
         name = getattr(cfg, key)
+        if key == "backend" and name == AUTO:
+            continue
         if (name is not None or key == "backend") and name not in known:
             raise ConfigError(f"{prefix}.{key}: unknown or unavailable decode backend {name!r} (available: {', '.join(known)})")
+    if cfg.device not in ("cpu", "cuda"):
+        raise ConfigError(f"{prefix}.device: {cfg.device!r} is not cpu or cuda")
+    if cfg.device == "cuda" and cfg.backend not in (AUTO, "torchcodec"):
+        raise ConfigError(f"{prefix}.device: cuda decodes with torchcodec; set {prefix}.backend to torchcodec or auto")
     if not cfg.extensions:
         raise ConfigError(f"{prefix}.extensions is empty: no file would be taken for a video")
 

@@ -48,6 +48,8 @@ class ExtractSummary:
     failed: int
     rows_added: dict[str, int] = field(default_factory=dict)
     errors_path: str = ""
+    launcher_seconds: float = 0.0  # the launcher's own work: before and after the workers' run
+    launcher_peak_rss: int = 0  # bytes, the launcher process's peak before the workers' run (Linux)
 
     def line(self) -> str:
         text = f"{self.total} videos: {self.done} done, {self.skipped} skipped (already extracted), {self.failed} failed"
@@ -302,6 +304,16 @@ def _record_source(out_dir: str, video_dir: str) -> None:
         _write_atomic(path, json.dumps(sources, indent=2).encode("utf-8"))
 
 
+def _peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (0 where unknown)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return 0
+
+
 def _counters(result) -> dict[str, int]:
     """The job's committed ``vidfuse`` counters, summed over steps (retried bundles count once)."""
     from apache_beam.metrics.metric import MetricsFilter
@@ -342,7 +354,7 @@ def prepare_extraction(
     """Manifests written, leftovers of a killed run removed, the graph built: all the launcher
     does before the workers run. Its cost does not grow with the corpus: it reads no shard, lists
     no video (but one, to refuse an empty folder) and builds no model."""
-    from extractors.registry import describe_extractor
+    from extractors.registry import describe_extractor, extractor_class
     from pipeline.model_handlers import VideoModelHandler, units_per_video
     from pipeline.transforms import ExtractorPlan
 
@@ -368,6 +380,7 @@ def prepare_extraction(
         plans[n] = ExtractorPlan(
             out_dir=out_dirs[n],
             sampling=settings.sampling,
+            transform=extractor_class(n).frame_transform_for(settings),
             manifest=bare,
             handler=VideoModelHandler(
                 n, config_to_dict(settings), device,
@@ -383,6 +396,7 @@ def prepare_extraction(
         extensions=config.decode.extensions,
         backend=config.decode.backend,
         fallback=config.decode.fallback,
+        decode_device=config.decode.device,
         formats=formats,
         shard_size=config.output.shard_size,
         dead_letter_prefix=posixpath.join(dead_dir, f"run-{run_id}"),
@@ -417,10 +431,14 @@ def run_extraction(
     formats = _check_formats(list(formats or config.output.formats))
 
     with exclusive_folder(out_dir, "extract job"):
+        started = time.perf_counter()
         job = prepare_extraction(video_dir, out_dir, config, names, formats, beam_args, device, batch_videos)
+        peak_rss = _peak_rss()
+        run_started = time.perf_counter()
         with job_progress(progress):
             result = job.pipeline.run()
             result.wait_until_finish()
+        run_seconds = time.perf_counter() - run_started
         counters = _counters(result)
         notes = _read_notes(job.notes_prefix)
         if any(n["kind"] in ("refusal", "duplicate") for n in notes):
@@ -438,6 +456,7 @@ def run_extraction(
         errors_path = _merge_dead_letters(out_dir, job.dead_prefix)
         _remove_tree(job.dead_dir)
         _record_source(out_dir, video_dir)
+        launcher_seconds = time.perf_counter() - started - run_seconds
 
     return ExtractSummary(
         total=counters.get("videos_found", 0),
@@ -446,4 +465,6 @@ def run_extraction(
         failed=counters.get("videos_failed", 0),
         rows_added={n: counters.get(f"{n}_rows_written", 0) for n in names},
         errors_path=errors_path,
+        launcher_seconds=launcher_seconds,
+        launcher_peak_rss=peak_rss,
     )

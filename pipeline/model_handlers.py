@@ -79,7 +79,7 @@ class VideoModelHandler(ModelHandler):
 
         if not batch:  # RunInference may hand over an empty batch
             return
-        units = [model.preprocess(video.frames) for video in batch]
+        units = [model.units(torch.from_numpy(video.frames)) for video in batch]
         features = model.embed(torch.cat(units))
         start = 0
         for video, unit in zip(batch, units):

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 from pipeline.done_set import DEAD_LETTER_TAG, METRICS_NAMESPACE, NOTES_TAG, TODO_TAG  # noqa: F401
 @dataclass
 class DecodedVideo:
-    """Sampled frames of one video for one extractor (uint8 [N, H, W, 3], N = indices.size)."""
+    """Sampled frames of one video for one extractor, already at the model's resolution: uint8
+    [N, 3, S, S], N = indices.size (resized and cropped right after decoding)."""
 
     video_id: str
     path: str
@@ -110,12 +111,26 @@ class _DecodeAndSampleFn(beam.DoFn):
     the job must not write into the folder, so nothing is decoded.
     """
 
-    def __init__(self, samplings: Mapping[str, Any], backend: str, fallback: str | None):
+    def __init__(self, samplings: Mapping[str, Any], transforms: Mapping[str, Any], backend: str,
+                 fallback: str | None, device: str = "cpu"):
         self.samplings = dict(samplings)
+        self.transforms = dict(transforms)
         self.backend = backend
         self.fallback = fallback
+        self.device = device
+        self.options: dict[str, Any] = {}
         self.decoded = Metrics.counter(METRICS_NAMESPACE, "videos_decoded")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "videos_failed")
+
+    def setup(self) -> None:
+        from pipeline.decode_auto import resolve_backend
+
+        self.backend = resolve_backend(self.backend)  # ``auto``: what this worker can load
+        if self.device != "cpu":
+            if self.backend == "torchcodec":
+                self.options = {"device": self.device}  # NVDEC; frames come back to the CPU resize
+            else:
+                log.warning("decode.device %s needs torchcodec; decoding with %s on the CPU", self.device, self.backend)
 
     def process(self, task, blocked: int = 0) -> Iterator[Any]:
         from pipeline.decode import open_video
@@ -125,7 +140,9 @@ class _DecodeAndSampleFn(beam.DoFn):
             return
         video_id, path, pending = task.video_id, task.path, list(task.pending)
         try:
-            with local_copy(path) as local, open_video(local, backend=self.backend, fallback=self.fallback) as reader:
+            with local_copy(path) as local, open_video(
+                local, backend=self.backend, fallback=self.fallback, **self.options
+            ) as reader:
                 info = reader.info
                 times = None
                 if any(self.samplings[n].kind == "fps" for n in pending):
@@ -144,19 +161,24 @@ class _DecodeAndSampleFn(beam.DoFn):
         self.decoded.inc()
         progress.report(1)
         position = {int(i): k for k, i in enumerate(union)}
+        resized = {}
         for name, idx in wanted.items():
             take = np.fromiter((position[int(i)] for i in idx.ravel()), dtype=np.int64)
-            yield beam.pvalue.TaggedOutput(
-                name, DecodedVideo(video_id, path, info.num_frames, idx, frames[take])
-            )
+            resized[name] = self.transforms[name].resize_crop(frames[take]).numpy()
+        del frames  # the full-resolution frames go before any model sees the video
+        for name, idx in wanted.items():
+            yield beam.pvalue.TaggedOutput(name, DecodedVideo(video_id, path, info.num_frames, idx, resized[name]))
 
 
 class DecodeAndSample(beam.PTransform):
     """VideoTasks -> one tagged output per extractor, plus ``dead_letters``."""
 
-    def __init__(self, samplings: Mapping[str, Any], backend: str, fallback: str | None = None, blocked=None):
+    def __init__(self, samplings: Mapping[str, Any], transforms: Mapping[str, Any], backend: str,
+                 fallback: str | None = None, blocked=None, device: str = "cpu"):
         super().__init__()
         self.samplings = dict(samplings)
+        self.transforms = dict(transforms)
+        self.device = device
         self.backend = backend
         self.fallback = fallback
         self.blocked = blocked
@@ -164,7 +186,7 @@ class DecodeAndSample(beam.PTransform):
     def expand(self, tasks):
         extra = {} if self.blocked is None else {"blocked": self.blocked}
         return tasks | "Decode" >> beam.ParDo(
-            _DecodeAndSampleFn(self.samplings, self.backend, self.fallback), **extra
+            _DecodeAndSampleFn(self.samplings, self.transforms, self.backend, self.fallback, self.device), **extra
         ).with_outputs(*self.samplings, DEAD_LETTER_TAG)
 
 
@@ -218,6 +240,7 @@ class ExtractorPlan:
 
     out_dir: str
     sampling: Any
+    transform: Any  # extractors.preprocess.FrameTransform: resize + crop right after decoding
     manifest: Any  # pipeline.manifest.Manifest without its shard list
     handler: Any  # pipeline.model_handlers.VideoModelHandler
 
@@ -242,6 +265,7 @@ class ExtractFeatures(beam.PTransform):
         shard_size: int,
         dead_letter_prefix: str,
         notes_prefix: str,
+        decode_device: str = "cpu",
     ):
         super().__init__()
         self.video_dir = video_dir
@@ -251,6 +275,7 @@ class ExtractFeatures(beam.PTransform):
         self.fallback = fallback
         self.shard_size = shard_size
         self.dead_letter_prefix, self.notes_prefix = dead_letter_prefix, notes_prefix
+        self.decode_device = decode_device
 
     def expand(self, pbegin):
         from pipeline.done_set import PlanVideos, ReadDoneIds, ReadOldErrors
@@ -280,8 +305,9 @@ class ExtractFeatures(beam.PTransform):
             plan[TODO_TAG]
             | "Spread" >> beam.Reshuffle()
             | "DecodeAndSample" >> DecodeAndSample(
-                {n: e.sampling for n, e in self.extractors.items()}, self.backend, self.fallback,
-                blocked=beam.pvalue.AsSingleton(blocked),
+                {n: e.sampling for n, e in self.extractors.items()},
+                {n: e.transform for n, e in self.extractors.items()}, self.backend, self.fallback,
+                blocked=beam.pvalue.AsSingleton(blocked), device=self.decode_device,
             )
         )
         written = []

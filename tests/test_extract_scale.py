@@ -83,8 +83,8 @@ def test_a_job_whose_write_stage_runs_twice_gives_the_rows_of_one(synth, tmp_pat
     from pipeline.extract_job import run_extraction
 
     once = tmp_path / "once"
-    run_extraction(str(synth.videos_dir), str(once), tiny_config("output.shard_size=3"), beam_args=IN_PROCESS,
-                   progress=False)
+    run_extraction(str(synth.videos_dir), str(once), tiny_config("output.shard_size=3"), extractors=["clip"],
+                   beam_args=IN_PROCESS, progress=False)
     real = shard_sink._WriteGroupFn.process
 
     def twice(self, element):
@@ -94,12 +94,11 @@ def test_a_job_whose_write_stage_runs_twice_gives_the_rows_of_one(synth, tmp_pat
     monkeypatch.setattr(shard_sink._WriteGroupFn, "process", twice)
     out = tmp_path / "twice"
     summary = run_extraction(str(synth.videos_dir), str(out), tiny_config("output.shard_size=3"),
-                             beam_args=IN_PROCESS, progress=False)
+                             extractors=["clip"], beam_args=IN_PROCESS, progress=False)
     assert summary.done == len(synth.video_ids) and summary.failed == 0
     assert shard_files(out) == shard_files(once)  # names are the content's: the same files
-    for name in ("clip", "x3d", "ircsn"):
-        for fmt in ("parquet", "hdf5"):
-            assert_same_rows(read_rows(out / name, fmt), read_rows(once / name, fmt))
+    for fmt in ("parquet", "hdf5"):
+        assert_same_rows(read_rows(out / "clip", fmt), read_rows(once / "clip", fmt))
 
 
 # ------------------------------------------------------------------ launcher cost
@@ -169,13 +168,16 @@ def test_resume_over_a_done_set_the_workers_read(tmp_path, monkeypatch):
 
 
 def test_the_launcher_describes_extractors_as_the_built_ones_do():
-    from extractors.registry import build_extractor, describe_extractor
+    from extractors.registry import build_extractor, describe_extractor, extractor_class
 
     config = tiny_config()
     for name in ("clip", "x3d", "ircsn"):
         settings, described = describe_extractor(name, config.extractors[name])
-        built = build_extractor(name, config.extractors[name], device="cpu").describe()
+        extractor = build_extractor(name, config.extractors[name], device="cpu")
+        built = extractor.describe()
         assert described == {key: built[key] for key in described}, name
+        # the job resizes right after decoding with the transform the model's preprocessing uses
+        assert extractor_class(name).frame_transform_for(settings) == extractor.transform, name
 
 
 # ------------------------------------------------------------------ one model per worker process
@@ -218,3 +220,49 @@ def test_threads_of_one_worker_process_build_one_model_per_extractor(monkeypatch
         t.join()
     assert not errors, errors
     assert builds == {"clip": 1, "x3d": 1}
+
+
+# ------------------------------------------------------------------ precision
+def test_bf16_is_recorded_in_the_manifest_and_a_fp32_folder_refuses_it(synth, tmp_path, capsys):
+    """The CPU twin of the GPU's mixed precision: bf16 autocast gives features near fp32's, the
+    manifest says bf16, and resuming an fp32 folder in bf16 is refused naming the key."""
+    from pipeline.extract_job import run_extraction
+    from pipeline.manifest import read_manifest
+    from vidfuse.cli import main
+
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    for out, precision in ((fp32, "fp32"), (bf16, "bf16")):
+        run_extraction(str(synth.videos_dir), str(out), tiny_config(f"inference.precision={precision}"),
+                       extractors=["clip"], beam_args=IN_PROCESS, progress=False)
+    assert read_manifest(str(fp32 / "clip")).extra == {}
+    assert read_manifest(str(bf16 / "clip")).extra == {"precision": "bf16"}
+    a, b = read_rows(fp32 / "clip", "parquet"), read_rows(bf16 / "clip", "parquet")
+    for vid, vector in a.features.items():
+        assert not np.array_equal(b.features[vid], vector)  # bf16 really ran
+        np.testing.assert_allclose(b.features[vid], vector, atol=0.05)
+    files = shard_files(fp32)
+    args = ["extract", str(synth.videos_dir), "--out", str(fp32), "--config", "tiny", "--extractors", "clip",
+            "--no-progress", "--set", "inference.precision=bf16", *IN_PROCESS]
+    assert main(args) == 2
+    assert "extra.precision" in capsys.readouterr().err
+    assert shard_files(fp32) == files
+
+
+# ------------------------------------------------------------------ decoder choice
+def test_auto_decoder_is_torchcodec_where_it_loads_else_pyav_with_one_line(monkeypatch, caplog):
+    from pipeline import decode, decode_auto
+
+    for loads, listed, want in ((None, True, "torchcodec"), ("libavutil.so.59: cannot open", True, "pyav"),
+                                (None, False, "pyav")):
+        decode_auto.resolve_backend.cache_clear()
+        monkeypatch.setattr(decode_auto, "_torchcodec_loads", lambda loads=loads: loads)
+        names = ["decord", "pyav"] + (["torchcodec"] if listed else [])
+        monkeypatch.setattr(decode, "available_backends", lambda names=names: names)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pipeline.decode_auto"):
+            assert decode_auto.resolve_backend("auto") == want
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == (want == "pyav")
+        assert all("\n" not in line and "decoding with pyav" in line for line in lines)
+    assert decode_auto.resolve_backend("decord") == "decord"
+    decode_auto.resolve_backend.cache_clear()
