@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index", "fused video embeddings -> FAISS index"),
     "benchmark": ("benchmark", "retrieval metrics, both directions"),
     "search": ("search", "query an index with text"),
+    "serve": ("serve", "search API and web page over one or two indexes"),
     "demo": ("demo", "the whole chain on a synthetic dataset"),
 }
 
