@@ -53,14 +53,19 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise VidfuseError(f"--port must be in 0..65535, got {args.port}")
     try:
+        import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-
-        from vidfuse.serve.server import serve
     except ImportError as exc:
         raise VidfuseError(f"vidfuse serve needs the 'serve' extra ({exc.name} is not installed): "
                            "pip install 'vidfuse[serve]'") from None
     from vidfuse.serve.engine import Engine
+    from vidfuse.serve.server import bind, serve
 
-    engines = [Engine(name, r, i, f, args.device)
-               for name, r, i, f in zip(engine_names(args.run, args.index), args.run, args.index, features)]
-    return serve(engines, args.host, args.port, args.thumbnail_cache, announce=sys.stdout)
+    sock = bind(args.host, args.port)  # a taken port is refused before minutes of loading
+    try:
+        engines = [Engine(name, r, i, f, args.device)
+                   for name, r, i, f in zip(engine_names(args.run, args.index), args.run, args.index, features)]
+    except BaseException:
+        sock.close()
+        raise
+    return serve(engines, sock, args.host, args.thumbnail_cache, announce=sys.stdout)

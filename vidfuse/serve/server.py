@@ -36,14 +36,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(engines: Sequence[Engine], host: str, port: int, cache_dir: str | None, announce: TextIO) -> int:
+def serve(engines: Sequence[Engine], sock: socket.socket, host: str, cache_dir: str | None, announce: TextIO) -> int:
+    """Serve until SIGINT/SIGTERM on ``sock`` (from :func:`bind`); prints the address once it is listening."""
     import uvicorn
 
     from vidfuse.serve.app import create_app
     from vidfuse.serve.media import Thumbnails
 
     app = create_app(engines, Thumbnails(cache_dir))
-    sock = bind(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_all, args=(engines,), daemon=True).start())
