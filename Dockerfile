@@ -22,7 +22,7 @@ COPY fusion fusion
 COPY index index
 COPY configs configs
 # faiss-gpu wheels pair with CUDA 12; torch from PyPI brings its own CUDA runtime.
-RUN pip install -e ".[gpu]" "apache-beam[gcp]==2.77.0"
+RUN pip install -e ".[gpu,serve]" "apache-beam[gcp]==2.77.0"
 
 # Model weights are not baked in: mount a cache (or pass local paths in the config).
 ENV TORCH_HOME=/cache/torch HF_HOME=/cache/huggingface
