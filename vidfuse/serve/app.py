@@ -58,7 +58,8 @@ class SearchResponse(BaseModel):
     run: str
     query: str
     k: int
-    took_ms: float = Field(description="encode + index search + re-rank, server side")
+    took_ms: float = Field(description="encode + index search + re-rank + explanations, server side "
+                                       "(not counting the wait for an earlier query of the same run)")
     results: list[Result]
 
 
@@ -125,6 +126,14 @@ def create_app(engines: Sequence[Engine], thumbnails: Thumbnails) -> FastAPI:
                 return e
         raise HTTPException(404, f"unknown video id {video_id!r}")
 
+    def served_file(run: Optional[str], video_id: str) -> tuple[Engine, str]:
+        """The engine holding ``video_id`` and the real path of its file; 404 when either is missing."""
+        e = indexed(run, video_id)
+        real, why = e.video_file(video_id)
+        if real is None:
+            raise HTTPException(404, why)
+        return e, real
+
     @app.get("/api/health", response_model=Health, tags=["service"])
     def health() -> Health:
         return Health(status="ok", version=__version__, runs=list(by_name))
@@ -171,10 +180,7 @@ def create_app(engines: Sequence[Engine], thumbnails: Thumbnails) -> FastAPI:
     def thumbnail_strip(video_id: str = Path(..., max_length=MAX_QUERY_CHARS), run: Optional[str] = None) -> Response:
         from pipeline.decode import VideoDecodeError
 
-        e = indexed(run, video_id)
-        real, why = e.video_file(video_id)
-        if real is None:
-            raise HTTPException(404, why)
+        e, real = served_file(run, video_id)
         try:
             data = thumbnails.strip(real, e.strip_frames(video_id))
         except VideoDecodeError as exc:
@@ -186,10 +192,7 @@ def create_app(engines: Sequence[Engine], thumbnails: Thumbnails) -> FastAPI:
                         404: {"description": "unknown or unavailable"}},
              summary="the video file, with HTTP range requests")
     def media(video_id: str = Path(..., max_length=MAX_QUERY_CHARS), run: Optional[str] = None) -> FileResponse:
-        e = indexed(run, video_id)
-        real, why = e.video_file(video_id)
-        if real is None:
-            raise HTTPException(404, why)
+        _, real = served_file(run, video_id)
         return FileResponse(real, media_type=mimetypes.guess_type(real)[0] or "application/octet-stream")
 
     @app.get("/", include_in_schema=False)

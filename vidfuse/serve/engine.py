@@ -105,11 +105,11 @@ class Engine:
     # -- search -------------------------------------------------------------------------
     def search(self, text: str, k: int) -> dict:
         snap = self.snapshot
-        start = time.perf_counter()
-        with snap.lock:  # one query at a time per loaded head: torch modules are not re-entrant
+        with snap.lock:  # one query at a time per loaded head: encoding switches the head's eval mode
+            start = time.perf_counter()
             query = snap.searcher.query(text, k)
             explained = _explain(snap, query)
-        took = (time.perf_counter() - start) * 1000
+            took = (time.perf_counter() - start) * 1000
         results = []
         for i, hit in enumerate(query.hits):
             available = self.video_file(hit.video_id, hit.path)[0] is not None if hit.path else False
