@@ -11,8 +11,9 @@ no features; the text side is still encoded by the head).
 
 Clients are threads with one keep-alive HTTP connection each (1, 4, 16 at once), each
 sending its share of ``--queries`` requests; latency = request to full response, per
-request; queries/s = all requests / wall time. Server CPU time per query comes from
-/proc (less sensitive to other load on a shared machine than wall time).
+request; queries/s = all requests / wall time. CPU time per query (the server process's,
+from /proc; this process's for the in-process rows; the child's for `vidfuse search`) is
+less sensitive than wall time to other load on a shared machine.
 
     python benchmarks/serve.py                     # ~10 min on 2 shared cores
     python benchmarks/serve.py --queries 200 --cli-queries 3
@@ -24,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -126,6 +128,7 @@ def cli_per_query(run_dir: Path, index_dir: Path, queries: list[str]) -> dict:
     from stage_fixtures import cli_subprocess
 
     times = []
+    cpu0 = _children_cpu()
     for q in queries:
         t0 = time.perf_counter()
         proc = cli_subprocess("search", "--run", run_dir, "--index", index_dir, "-k", K, q,
@@ -133,7 +136,12 @@ def cli_per_query(run_dir: Path, index_dir: Path, queries: list[str]) -> dict:
         if proc.wait() != 0:
             raise SystemExit("vidfuse search failed")
         times.append(time.perf_counter() - t0)
-    return _stats(times, sum(times))
+    return {**_stats(times, sum(times)), "cpu_ms": (_children_cpu() - cpu0) / len(queries) * 1000}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def in_process(run_dir: Path, index_dir: Path, queries: list[str]) -> tuple[dict, dict]:
@@ -145,18 +153,21 @@ def in_process(run_dir: Path, index_dir: Path, queries: list[str]) -> tuple[dict
     for q in queries[:5]:
         searcher.search(q, K)  # warm-up
     times = []
+    cpu0 = time.process_time()
     for q in queries:
         t0 = time.perf_counter()
         searcher.search(q, K)
         times.append(time.perf_counter() - t0)
-    searcher_stats = _stats(times, sum(times))
+    searcher_stats = {**_stats(times, sum(times)), "cpu_ms": (time.process_time() - cpu0) / len(queries) * 1000}
     encoded = encode_texts(searcher.run.head, searcher.queries.bank(queries))
     times = []
+    cpu0 = time.process_time()
     for row in encoded:
         t0 = time.perf_counter()
         searcher.index.search_positions(row[None], K)
         times.append(time.perf_counter() - t0)
-    return searcher_stats, _stats(times, sum(times))
+    bare = {**_stats(times, sum(times)), "cpu_ms": (time.process_time() - cpu0) / len(encoded) * 1000}
+    return searcher_stats, bare
 
 
 def main() -> int:
@@ -186,7 +197,7 @@ def main() -> int:
             for clients in (1, 4, 16):
                 cpu0 = _cpu_seconds(proc.pid)
                 stats, _ = http_load(url, queries, clients)
-                stats["server_cpu_ms"] = (_cpu_seconds(proc.pid) - cpu0) / len(queries) * 1000
+                stats["cpu_ms"] = (_cpu_seconds(proc.pid) - cpu0) / len(queries) * 1000
                 rows.append((factory, f"HTTP, {clients} client{'s' if clients > 1 else ''}", stats))
                 print(factory, clients, stats, f"load {_loadavg()}", flush=True)
         finally:
@@ -197,10 +208,10 @@ def main() -> int:
         rows.append((factory, "bare FAISS search", bare))
         rows.append((factory, "`vidfuse search`, 1 process/query", cli_per_query(run, index, queries[: args.cli_queries])))
     print(f"\nload average after: {_loadavg()}\n")
-    print("| index (10k videos) | path | p50 ms | p99 ms | queries/s | server CPU ms/query |")
+    print("| index (10k videos) | path | p50 ms | p99 ms | queries/s | CPU ms/query |")
     print("|:---|:---|---:|---:|---:|---:|")
     for factory, path, s in rows:
-        cpu = f"{s['server_cpu_ms']:.1f}" if "server_cpu_ms" in s else ""
+        cpu = f"{s['cpu_ms']:.3f}" if s["cpu_ms"] < 1 else f"{s['cpu_ms']:.1f}"
         p50 = f"{s['p50_ms']:.3f}" if s["p50_ms"] < 1 else f"{s['p50_ms']:.1f}"
         p99 = f"{s['p99_ms']:.3f}" if s["p99_ms"] < 1 else f"{s['p99_ms']:.1f}"
         qps = f"{s['qps']:.1f}" if s["qps"] >= 1 else f"{s['qps']:.3f}"
