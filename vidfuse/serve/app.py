@@ -50,6 +50,7 @@ class Result(BaseModel):
     video_available: bool
     media_url: Optional[str] = None
     thumbnails_url: Optional[str] = None
+    thumbnail_tiles: int = Field(0, description="frames side by side in the thumbnail strip")
     attention: Optional[Attention] = Field(None, description="LAFF / LAFF-ml heads")
     two_stage: Optional[TwoStage] = Field(None, description="DLLFA")
 

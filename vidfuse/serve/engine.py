@@ -115,6 +115,7 @@ class Engine:
             available = self.video_file(hit.video_id, hit.path)[0] is not None if hit.path else False
             results.append({"rank": hit.rank, "video_id": hit.video_id, "score": hit.score,
                             "video_available": available, **(self.urls(hit.video_id) if available else {}),
+                            "thumbnail_tiles": len(self.strip_frames(hit.video_id)) if available else 0,
                             **explained[i]})
         return {"run": self.name, "query": text, "k": k, "took_ms": took, "results": results}
 

@@ -61,11 +61,22 @@ function card(result) {
   $(".score", node).textContent = result.score.toFixed(4);
   const media = $(".media", node);
   if (result.thumbnails_url) {
+    // a poster (one tile of the strip, shown large) above the strip of every sampled frame
+    const poster = el("div", "poster");
     const img = el("img", "strip");
     img.alt = `frames of ${result.video_id}`;
-    img.src = result.thumbnails_url;
+    img.addEventListener("load", () => {
+      const n = Math.max(1, result.thumbnail_tiles);
+      const weights = result.two_stage ? result.two_stage.frame_attention : [];
+      const tile = weights.length === n ? weights.indexOf(Math.max(...weights)) : Math.floor((n - 1) / 2);
+      poster.style.aspectRatio = `${img.naturalWidth / n} / ${img.naturalHeight}`;
+      poster.style.backgroundImage = `url("${result.thumbnails_url}")`;
+      poster.style.backgroundSize = `${n * 100}% 100%`;
+      poster.style.backgroundPosition = `${n > 1 ? (tile / (n - 1)) * 100 : 0}% 0`;
+    });
     img.addEventListener("error", () => media.replaceChildren(el("div", "unavailable", "video not available")));
-    media.append(img);
+    img.src = result.thumbnails_url;
+    media.append(poster, img);
   } else {
     media.append(el("div", "unavailable", "video not available"));
   }
