@@ -16,6 +16,7 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -37,7 +38,7 @@ from vidfuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"  # vidfuse-tiny.json
+MODEL_CONFIG_DIR = Path(str(files("extractors") / "model_configs"))  # vidfuse-tiny.json, as installed
 CHECKPOINT_META_KEY = "vidfuse_clip"
 
 
