@@ -19,7 +19,7 @@ import logging
 from typing import Callable, Sequence
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import FileSystems
 
 from pipeline.manifest import Manifest, read_manifest
 from pipeline.shards import (
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set", "read_feature_manifest"]
 
 _SHOW = 5
+SOURCES_FILE = "sources.json"  # video folders extracted into a features folder (search shows their paths)
 
 
 class MissingIdError(FeatureSetError, KeyError):

@@ -18,8 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import UNCOMPRESSED, FileSystems
 
 from vidfuse.errors import VidfuseError
 
@@ -157,7 +156,7 @@ def write_manifest(out_dir: str, manifest: Manifest) -> None:
     final = manifest_path(out_dir)
     tmp = FileSystems.join(out_dir, f".tmp-{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}.partial")
     payload = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.create(tmp, compression_type=UNCOMPRESSED) as handle:
         handle.write(payload.encode("utf-8"))
     if FileSystems.exists(final) and FileSystems.get_scheme(final) not in (None, "file"):
         # Object stores do not rename over an existing object.
@@ -171,7 +170,7 @@ def read_manifest(out_dir: str) -> Manifest | None:
     if not FileSystems.exists(path):
         return None
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with FileSystems.open(path, compression_type=UNCOMPRESSED) as handle:
             data = json.loads(handle.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None

@@ -41,8 +41,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import UNCOMPRESSED, FileSystems
 
 from vidfuse.errors import VidfuseError
 
@@ -224,7 +223,7 @@ def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
 
 def _write_parquet(path: str, packed: _Packed, manifest_hash: str) -> None:
     table = _to_table(packed, manifest_hash)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.create(path, compression_type=UNCOMPRESSED) as handle:
         pq.write_table(table, handle, write_page_checksum=True)  # a flipped byte is an error, not a value
 
 
@@ -255,7 +254,7 @@ def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
     try:
         _write_h5_file(local, packed, manifest_hash)
         with open(local, "rb") as src, FileSystems.create(
-            path, compression_type=CompressionTypes.UNCOMPRESSED
+            path, compression_type=UNCOMPRESSED
         ) as dst:
             shutil.copyfileobj(src, dst, _COPY_CHUNK)
     finally:
@@ -496,7 +495,7 @@ class _ParquetShard(ShardReader):
             if _is_local(path):
                 self._file = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = pq.ParquetFile(self._stream, page_checksum_verification=True)
             schema = self._file.schema_arrow
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
@@ -596,7 +595,7 @@ class _HDF5Shard(ShardReader):
             if _is_local(path):
                 self._file = h5py.File(path, "r")
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = h5py.File(self._stream, "r")
             missing = [k for k in ("video_ids", "features") if k not in self._file]
             if missing:

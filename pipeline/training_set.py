@@ -163,7 +163,7 @@ def unreadable_videos(features_dir: str, names: Sequence[str], video_ids: Sequen
     Presence is checked because a record may name a video holding rows anyway (a second
     file with the same id).
     """
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline.fs import FileSystems
 
     from pipeline.extract_job import ERRORS_FILE, read_dead_letters
     from pipeline.shards import existing_ids
