@@ -34,16 +34,32 @@ class _NoLibraryRootChatter(logging.Filter):
         return record.name != "root" or record.levelno >= logging.ERROR or any(p in record.pathname for p in _OUR_PATHS)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when logging was set up
+    (a caller that swaps it, such as a test capturing output, would leave a closed stream here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: int | None = None) -> None:
     """Set up logging for ``level`` (-1 quiet, 0 normal, 1 verbose; default: the environment's)
     and export it, so worker processes started from here follow it."""
     level = verbosity() if level is None else level
     os.environ[VERBOSITY_ENV] = str(level)
     root = logging.getLogger()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
-    for old in list(root.handlers):  # an import-time logging.warning() may have installed one already
-        if type(old) is logging.StreamHandler:
+    for old in list(root.handlers):  # ours from an earlier call, or what an import-time logging.warning() set up
+        if isinstance(old, _StderrHandler) or (type(old) is logging.StreamHandler and old.stream in (sys.stderr, sys.__stderr__)):
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if level > 0 else logging.WARNING)
