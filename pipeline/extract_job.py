@@ -429,7 +429,7 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
-    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards
+    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards, shard_stem
     from pipeline.manifest import write_manifest
 
     names = list(extractors or config.extractors.keys())
@@ -492,7 +492,7 @@ def run_extraction(
         present = {n: existing_ids(out_dirs[n]) for n in names}
         for n in names:
             manifests[n].shards = sorted(
-                {posixpath.basename(posixpath.splitext(p)[0]) for f in formats for p in list_shards(out_dirs[n], f)}
+                {shard_stem(p) for f in formats for p in list_shards(out_dirs[n], f)}
             )
             write_manifest(out_dirs[n], manifests[n])
         errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present, rejected)

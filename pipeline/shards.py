@@ -48,6 +48,9 @@ from vidfuse.errors import VidfuseError
 logger = logging.getLogger(__name__)
 
 FORMAT_EXTENSIONS = {"parquet": ".parquet", "hdf5": ".h5"}
+# HDF5 twins start with "_", so Arrow's dataset reader (pd.read_parquet(folder)) skips them;
+# folders written before hold them without it, and are read as they are.
+FORMAT_PREFIXES = {"parquet": "", "hdf5": "_"}
 _FORMAT_ALIASES = {"parquet": "parquet", "pq": "parquet", "hdf5": "hdf5", "h5": "hdf5"}
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".partial"
@@ -97,7 +100,19 @@ def is_temp_name(path: str) -> bool:
 
 
 def shard_path(out_dir: str, shard_name: str, fmt: str) -> str:
-    return FileSystems.join(out_dir, shard_name + FORMAT_EXTENSIONS[normalize_format(fmt)])
+    fmt = normalize_format(fmt)
+    return FileSystems.join(out_dir, FORMAT_PREFIXES[fmt] + shard_name + FORMAT_EXTENSIONS[fmt])
+
+
+def shard_stem(path: str) -> str:
+    """``part-0`` of ``.../part-0.parquet``, ``.../_part-0.h5``, an older ``part-0.h5``, or ``part-0``."""
+    base = _basename(path)
+    for fmt, ext in FORMAT_EXTENSIONS.items():
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            prefix = FORMAT_PREFIXES[fmt]
+            return base[len(prefix):] if prefix and base.startswith(prefix) else base
+    return base
 
 
 def _is_local(path: str) -> bool:
@@ -324,9 +339,12 @@ def _final_files(out_dir: str) -> dict[str, dict[str, str]]:
         found[fmt] = {}
         for meta in FileSystems.match([pattern])[0].metadata_list:
             base = _basename(meta.path)
-            if is_temp_name(base) or base.startswith((".", "_")) or not base.endswith(ext):
+            prefixed = bool(FORMAT_PREFIXES[fmt]) and base.startswith(FORMAT_PREFIXES[fmt])
+            if is_temp_name(base) or not base.endswith(ext) or (base.startswith((".", "_")) and not prefixed):
                 continue
-            found[fmt][base[: -len(ext)]] = meta.path
+            stem = shard_stem(base)
+            if prefixed or stem not in found[fmt]:  # the current name wins over an older one
+                found[fmt][stem] = meta.path
     return found
 
 

@@ -157,7 +157,7 @@ def extract_outputs(out: Path) -> dict:
     """A features folder in comparable form (shard names are random: counted, not named)."""
     manifests = {}
     for name in EXTRACTORS:
-        manifest = json.loads((out / name / "manifest.json").read_text())
+        manifest = json.loads((out / name / "_manifest.json").read_text())
         assert sorted(manifest.pop("shards")) == sorted(p.stem for p in (out / name).glob("part-*.parquet")), name
         manifests[name] = manifest
     errors = [{k: v for k, v in json.loads(line).items() if k != "time"}
@@ -215,7 +215,7 @@ def test_extract_killed_in_its_final_writes_reruns_to_the_uninterrupted_output(v
     outcome = run_command(extract_args(videos, out), tmp_path, before=kill)
     assert outcome.killed, outcome.log[-3000:]
     # the kill fell where its name says: manifests still list no shard / errors.jsonl or sources.json not yet written
-    listed = [json.loads((out / n / "manifest.json").read_text())["shards"] for n in EXTRACTORS]
+    listed = [json.loads((out / n / "_manifest.json").read_text())["shards"] for n in EXTRACTORS]
     assert (point == "before-manifests") == (listed == [[]] * len(EXTRACTORS)), listed
     assert (out / "errors.jsonl").exists() == (point == "before-sources")
     assert not (out / "sources.json").exists()
