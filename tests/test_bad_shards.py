@@ -274,16 +274,16 @@ def _dmg_zero_byte_hdf5_copy(f):
 
 
 def _dmg_copies_hold_other_ids(f):
-    stem = _first(f, ".h5").stem
+    stem = _first(f, ".parquet").stem
     _rewrite(f, stem, lambda rows: rows.reverse(), formats=["hdf5"])
-    return [f"{stem}.h5", "disagree", "row 0 holds id"]
+    return [_file(f, stem, ".h5").name, "disagree", "row 0 holds id"]
 
 
 def _dmg_copies_hold_other_row_counts(f):
-    stem = _first(f, ".h5").stem
-    n = len(_read_rows(f / f"{stem}.h5", 128))
+    stem = _first(f, ".parquet").stem
+    n = len(_read_rows(_file(f, stem, ".h5"), 128))
     _rewrite(f, stem, lambda rows: rows.pop(), formats=["hdf5"])
-    return [f"{stem}.h5", "disagree", f"rows {n} vs {n - 1}"]
+    return [_file(f, stem, ".h5").name, "disagree", f"rows {n} vs {n - 1}"]
 
 
 def _dmg_shard_of_other_dim(f):
