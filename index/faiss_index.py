@@ -20,7 +20,12 @@ import shutil
 import tempfile
 from typing import Any, Sequence
 
-import faiss
+try:
+    import faiss
+except ImportError:  # the install chose no FAISS build (pyproject extras `cpu` / `gpu`)
+    from vidfuse.errors import VidfuseError
+
+    raise VidfuseError("FAISS is not installed: pip install 'vidfuse[cpu]' (or 'vidfuse[gpu]' for CUDA 12)") from None
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from index.run_index import Run, load_index_for_run, rerank_hits
-from pipeline.extract_job import SOURCES_FILE
+from pipeline.features import SOURCES_FILE
 
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import posixpath
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.config import ExtractConfig
+from pipeline.features import SOURCES_FILE
 from pipeline.job_lock import exclusive_folder
 from extractors.registry import build_extractor
 from pipeline.transforms import ExtractFeatures
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
 DEAD_LETTERS_DIR = "_dead_letters"  # this run's dead-letter files until merged into errors.jsonl
-SOURCES_FILE = "sources.json"  # video folders extracted into this features folder
 KNOWN_FORMATS = ("parquet", "hdf5")
 
 
@@ -57,6 +58,54 @@ class ExtractSummary:
         return text
 
 
+# The Python minor the worker image (Dockerfile ARG PYTHON_VERSION) runs; its Beam is pyproject's pin.
+WORKER_IMAGE_PYTHON = "3.12"
+_IMAGE_OPTIONS = ("sdk_container_image", "environment_config")
+
+
+def unknown_beam_flags(beam_args: Sequence[str]) -> list[str]:
+    """Arguments of ``beam_args`` that no Beam PipelineOptions class defines, parsed by Beam's
+    own options parser (a mistyped vidfuse option lands here too: ``--extractros clip`` must
+    not run every extractor in silence)."""
+    parsers = []
+    PipelineOptions(list(beam_args)).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(beam_args))
+    return unknown
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """A runner Beam cannot build is one clear line before any folder is made (an unknown name,
+    or a ``module.Class`` whose module does not import)."""
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner or ""
+    if name.lower() in ("directrunner", "direct"):
+        return
+    try:
+        create_runner(name)
+    except ImportError as exc:
+        raise ConfigError(f"--runner={name}: cannot import it ({exc}); is its package installed?") from None
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"--runner={name}: {str(exc).splitlines()[0]}") from None
+
+
+def worker_image_warning(options: PipelineOptions, launcher: tuple[int, int] = sys.version_info[:2]) -> str | None:
+    """What to say when workers run in vidfuse's image and this launcher's Python is another minor.
+
+    Beam's SDK harness in a custom container must run the launcher's Python minor and Beam
+    version; the Beam version is pinned (pyproject), the image's Python is WORKER_IMAGE_PYTHON.
+    """
+    given = options.get_all_options(drop_default=True)
+    if not any(given.get(name) for name in _IMAGE_OPTIONS):
+        return None
+    mine = f"{launcher[0]}.{launcher[1]}"
+    if mine == WORKER_IMAGE_PYTHON:
+        return None
+    return (f"this launcher runs Python {mine}, vidfuse's worker image (Dockerfile) Python {WORKER_IMAGE_PYTHON} with "
+            f"apache-beam {beam.version.__version__}: workers must run the launcher's Python minor; build the image "
+            f"with --build-arg PYTHON_VERSION={mine}, or launch from Python {WORKER_IMAGE_PYTHON}")
+
+
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam options from the user's flags; DirectRunner, one process per core, by default.
 
@@ -64,11 +113,18 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     downloads a binary at start-up. A single DirectRunner worker runs inside this process
     (``in_memory``) unless ``--direct_running_mode`` says otherwise: a worker process would
     add only its start-up (Python, Beam, torch imports, model builds: seconds per run).
+    Worker processes log at the launcher's level (``--default_sdk_harness_log_level``).
     """
     args = list(beam_args)
+    unknown = unknown_beam_flags(args)
+    if unknown:
+        raise ConfigError(f"unrecognized arguments: {' '.join(unknown)} (neither a vidfuse option nor a Beam pipeline option)")
     given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in args)  # noqa: E731
     if not given("--runner"):
         args.append("--runner=DirectRunner")
+    if not given("--default_sdk_harness_log_level"):
+        level = logging.getLogger("apache_beam").getEffectiveLevel()
+        args.append(f"--default_sdk_harness_log_level={logging.getLevelName(level)}")
     runner = PipelineOptions(args).view_as(StandardOptions).runner or ""
     if runner.lower() in ("directrunner", "direct"):
         if not given("--direct_num_workers"):
@@ -76,7 +132,17 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
         if not given("--direct_running_mode"):
             workers = PipelineOptions(args).view_as(DirectOptions).direct_num_workers
             args.append("--direct_running_mode=" + ("in_memory" if workers == 1 else "multi_processing"))
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    check_runner(options)
+    warning = worker_image_warning(options)
+    if warning:
+        log.warning(warning)
+    return options
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    """Whether the workers run on this machine (the DirectRunner), so its devices are theirs."""
+    return (options.view_as(StandardOptions).runner or "").lower() in ("directrunner", "direct")
 
 
 def pipeline_runner(options: PipelineOptions):
@@ -98,7 +164,30 @@ def pipeline_runner(options: PipelineOptions):
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return _fn_api_runner_class()(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def _fn_api_runner_class():
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms import environments
+
+    class QuietWorkersFnApiRunner(fn_runner.FnApiRunner):
+        """The FnApiRunner, with its worker processes (``multi_processing``) started through
+        :mod:`pipeline.beam_worker`, so they log at the launcher's level instead of Beam's INFO."""
+
+        @property
+        def _default_environment(self):
+            return self.__dict__.get("_vidfuse_environment")
+
+        @_default_environment.setter
+        def _default_environment(self, environment) -> None:
+            if isinstance(environment, environments.SubprocessSDKEnvironment):
+                environment = environments.SubprocessSDKEnvironment.from_command_string(
+                    f"{sys.executable} -m pipeline.beam_worker"
+                )
+            self.__dict__["_vidfuse_environment"] = environment
+
+    return QuietWorkersFnApiRunner
 
 
 def worker_torch_threads(options: PipelineOptions) -> int | None:
@@ -340,7 +429,7 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
-    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards
+    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards, shard_stem
     from pipeline.manifest import write_manifest
 
     names = list(extractors or config.extractors.keys())
@@ -350,6 +439,11 @@ def run_extraction(
             f"extractor(s) {missing} have no settings in the config (it defines {sorted(config.extractors)})"
         )
     formats = _check_formats(list(formats or config.output.formats))
+    options = beam_options(beam_args)
+    if runs_locally(options):  # remote workers have their own devices; local ones are this machine's
+        from extractors.base import resolve_device
+
+        resolve_device(device)
     paths = list_videos(video_dir, config.decode.extensions)
     _warn_uncaptionable(paths, video_dir)
 
@@ -370,7 +464,6 @@ def run_extraction(
         _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
         _remove_temp_files(out_dir)
         dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
-        options = beam_options(beam_args)
         pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
         _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
             video_dir,
@@ -399,7 +492,7 @@ def run_extraction(
         present = {n: existing_ids(out_dirs[n]) for n in names}
         for n in names:
             manifests[n].shards = sorted(
-                {posixpath.basename(posixpath.splitext(p)[0]) for f in formats for p in list_shards(out_dirs[n], f)}
+                {shard_stem(p) for f in formats for p in list_shards(out_dirs[n], f)}
             )
             write_manifest(out_dirs[n], manifests[n])
         errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present, rejected)

@@ -19,9 +19,9 @@ import logging
 from typing import Callable, Sequence
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import FileSystems
 
-from pipeline.manifest import Manifest, read_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.shards import (
     FORMAT_EXTENSIONS,
     FeatureSetError,
@@ -33,6 +33,8 @@ from pipeline.shards import (
     list_shards,
     normalize_format,
     open_shard,
+    shard_path,
+    shard_stem,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set", "read_feature_manifest"]
 
 _SHOW = 5
+SOURCES_FILE = "sources.json"  # video folders extracted into a features folder (search shows their paths)
 
 
 class MissingIdError(FeatureSetError, KeyError):
@@ -254,8 +257,15 @@ def _twin_paths(path: str, fmt: str, manifest: Manifest) -> list[str]:
     required = list(dict.fromkeys(normalize_format(f) for f in manifest.formats))
     if fmt not in required:
         return []
-    stem = path[: -len(FORMAT_EXTENSIONS[fmt])]
-    return [stem + FORMAT_EXTENSIONS[f] for f in required if f != fmt]
+    prefix = path[: len(path) - len(FileSystems.split(path)[1])]  # the folder, as the path spells it
+    return [_twin_on_disk(prefix, shard_stem(path), f) for f in required if f != fmt]
+
+
+def _twin_on_disk(prefix: str, stem: str, fmt: str) -> str:
+    """A shard's file in ``fmt``: its current name, or the older one (HDF5 twins without '_')."""
+    path = prefix + FileSystems.split(shard_path("", stem, fmt))[1]
+    older = prefix + stem + FORMAT_EXTENSIONS[fmt]
+    return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
 
 
 def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
@@ -282,23 +292,19 @@ def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -
     Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every format).
     """
     ext = FORMAT_EXTENSIONS[fmt]
-    present = {FileSystems.split(p)[1] for p in paths}
-    stems = {name[: -len(ext)] for name in present}
+    stems = {shard_stem(p) for p in paths}
     missing = []
     for entry in listed:
-        if entry.endswith(ext):
-            if entry not in present:
-                missing.append(entry)
-        elif not entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and entry not in stems:
-            missing.append(entry + ext)
+        if entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and not entry.endswith(ext):
+            continue  # another format's file
+        if shard_stem(entry) not in stems:
+            missing.append(entry if entry.endswith(ext) else FileSystems.split(shard_path("", entry, fmt))[1])
     return missing
 
 
 def _stem(path: str) -> str:
-    """``part-0`` of ``.../part-0.parquet``, ``part-0.h5`` or ``part-0`` (manifests list either)."""
-    base = FileSystems.split(path)[1]
-    ext = next((e for e in FORMAT_EXTENSIONS.values() if base.endswith(e)), "")
-    return base[: len(base) - len(ext)]
+    """``part-0`` of a shard file or of a manifest entry (manifests list stems or file names)."""
+    return shard_stem(path)
 
 
 def read_feature_manifest(path: str, name: str | None = None) -> Manifest:
@@ -308,11 +314,11 @@ def read_feature_manifest(path: str, name: str | None = None) -> Manifest:
         if not FileSystems.exists(path):
             raise FeatureSetError(f"feature folder {path} does not exist")
         raise FeatureSetError(
-            f"{path}: no manifest.json; not a vidfuse feature folder, or its extraction never finished"
+            f"{path}: no {MANIFEST_NAME}; not a vidfuse feature folder, or its extraction never finished"
         )
     if name is not None and manifest.name != name:
         raise FeatureSetError(
-            f"{path}: manifest.json describes feature set {manifest.name!r}, not {name!r} "
+            f"{path}: {MANIFEST_NAME} describes feature set {manifest.name!r}, not {name!r} "
             "(a folder copied or renamed from another feature set?)"
         )
     return manifest
@@ -333,7 +339,7 @@ def load_feature_set(
     listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
     if listed_missing:
         raise FeatureSetError(
-            f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}; "
+            f"{path}: {MANIFEST_NAME} lists shard(s) missing from the folder: {_examples(listed_missing)}; "
             "deleted or lost? rerun the extraction into this folder to re-extract their rows"
         )
     listed = {_stem(entry) for entry in manifest.shards}

@@ -41,14 +41,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import UNCOMPRESSED, FileSystems
 
 from vidfuse.errors import VidfuseError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_EXTENSIONS = {"parquet": ".parquet", "hdf5": ".h5"}
+# HDF5 twins start with "_", so Arrow's dataset reader (pd.read_parquet(folder)) skips them;
+# folders written before hold them without it, and are read as they are.
+FORMAT_PREFIXES = {"parquet": "", "hdf5": "_"}
 _FORMAT_ALIASES = {"parquet": "parquet", "pq": "parquet", "hdf5": "hdf5", "h5": "hdf5"}
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".partial"
@@ -98,7 +100,19 @@ def is_temp_name(path: str) -> bool:
 
 
 def shard_path(out_dir: str, shard_name: str, fmt: str) -> str:
-    return FileSystems.join(out_dir, shard_name + FORMAT_EXTENSIONS[normalize_format(fmt)])
+    fmt = normalize_format(fmt)
+    return FileSystems.join(out_dir, FORMAT_PREFIXES[fmt] + shard_name + FORMAT_EXTENSIONS[fmt])
+
+
+def shard_stem(path: str) -> str:
+    """``part-0`` of ``.../part-0.parquet``, ``.../_part-0.h5``, an older ``part-0.h5``, or ``part-0``."""
+    base = _basename(path)
+    for fmt, ext in FORMAT_EXTENSIONS.items():
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            prefix = FORMAT_PREFIXES[fmt]
+            return base[len(prefix):] if prefix and base.startswith(prefix) else base
+    return base
 
 
 def _is_local(path: str) -> bool:
@@ -224,7 +238,7 @@ def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
 
 def _write_parquet(path: str, packed: _Packed, manifest_hash: str) -> None:
     table = _to_table(packed, manifest_hash)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.create(path, compression_type=UNCOMPRESSED) as handle:
         pq.write_table(table, handle, write_page_checksum=True)  # a flipped byte is an error, not a value
 
 
@@ -255,7 +269,7 @@ def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
     try:
         _write_h5_file(local, packed, manifest_hash)
         with open(local, "rb") as src, FileSystems.create(
-            path, compression_type=CompressionTypes.UNCOMPRESSED
+            path, compression_type=UNCOMPRESSED
         ) as dst:
             shutil.copyfileobj(src, dst, _COPY_CHUNK)
     finally:
@@ -325,9 +339,12 @@ def _final_files(out_dir: str) -> dict[str, dict[str, str]]:
         found[fmt] = {}
         for meta in FileSystems.match([pattern])[0].metadata_list:
             base = _basename(meta.path)
-            if is_temp_name(base) or base.startswith((".", "_")) or not base.endswith(ext):
+            prefixed = bool(FORMAT_PREFIXES[fmt]) and base.startswith(FORMAT_PREFIXES[fmt])
+            if is_temp_name(base) or not base.endswith(ext) or (base.startswith((".", "_")) and not prefixed):
                 continue
-            found[fmt][base[: -len(ext)]] = meta.path
+            stem = shard_stem(base)
+            if prefixed or stem not in found[fmt]:  # the current name wins over an older one
+                found[fmt][stem] = meta.path
     return found
 
 
@@ -496,7 +513,7 @@ class _ParquetShard(ShardReader):
             if _is_local(path):
                 self._file = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = pq.ParquetFile(self._stream, page_checksum_verification=True)
             schema = self._file.schema_arrow
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
@@ -596,7 +613,7 @@ class _HDF5Shard(ShardReader):
             if _is_local(path):
                 self._file = h5py.File(path, "r")
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = h5py.File(self._stream, "r")
             missing = [k for k in ("video_ids", "features") if k not in self._file]
             if missing:

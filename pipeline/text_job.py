@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipeline.captions import Caption, read_captions
 from pipeline.config import TEXT_ENCODERS, ExtractConfig
 from pipeline.job_lock import exclusive_folder
-from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, check_compatible, library_versions, read_manifest, write_manifest
 from pipeline.shards import (
     FeatureRow,
     existing_ids,
@@ -28,6 +28,7 @@ from pipeline.shards import (
     new_shard_name,
     normalize_format,
     remove_incomplete_shards,
+    shard_stem,
     write_shard,
 )
 from pipeline.splits import find_split_files, read_split
@@ -36,7 +37,17 @@ from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.json"
+VOCAB_FILE = "_vocab.json"  # "_": Arrow's dataset reader skips it beside the shards
+LEGACY_VOCAB_FILE = "vocab.json"  # folders written before
+
+
+def vocab_path(bow_dir: str) -> str:
+    """The bag-of-words vocabulary of a ``text/bow`` folder (an older folder's name if that is what it has)."""
+    from pipeline.fs import FileSystems
+
+    path = posixpath.join(bow_dir, VOCAB_FILE)
+    older = posixpath.join(bow_dir, LEGACY_VOCAB_FILE)
+    return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
 
 
 def text_feature_dir(features_dir: str, encoder: str) -> str:
@@ -97,7 +108,7 @@ def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequenc
     """
     manifest = read_manifest(folder)
     if manifest is None:
-        raise VidfuseError(f"no manifest.json in {folder}: run `vidfuse extract-text` first")
+        raise VidfuseError(f"no {MANIFEST_NAME} in {folder}: run `vidfuse extract-text` first")
     name = manifest.name.split("/", 1)[-1]
     if name == "clip":
         from extractors.registry import build_extractor
@@ -180,7 +191,7 @@ def run_text_extraction(
             )
             # from the disk: shards of an interrupted run were never added to the manifest
             manifest.shards = sorted(
-                posixpath.splitext(posixpath.basename(p))[0] for p in list_shards(folder, manifest.formats[0])
+                shard_stem(p) for p in list_shards(folder, manifest.formats[0])
             )
             write_manifest(folder, manifest)
             log.info("text/%s: %d captions encoded, %d already present", name, written[name], len(captions) - written[name])

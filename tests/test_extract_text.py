@@ -119,7 +119,7 @@ def test_unknown_format_is_refused_before_anything_is_written(synth, tmp_path, c
     out = tmp_path / "features"
     assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet,hdf4")) == 2
     assert "hdf4" in capsys.readouterr().err
-    assert not (out / "text" / "bow" / "manifest.json").exists()
+    assert not (out / "text" / "bow" / "_manifest.json").exists()
     assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet")) == 0
 
 
@@ -145,5 +145,5 @@ def test_interrupted_job_resumes_and_its_manifest_lists_every_shard(synth, tmp_p
     total = len(read_captions(synth.captions_txt))
     assert run_text_extraction(str(synth.captions_txt), str(out), config, encoders=["bow"], progress=False) == {"bow": total - 16}
     stems = {p.stem for p in folder.glob("part-*.parquet")}
-    assert set(read_manifest(str(folder)).shards) == stems == {p.stem for p in folder.glob("part-*.h5")}
+    assert set(read_manifest(str(folder)).shards) == stems == {p.stem[1:] for p in folder.glob("_part-*.h5")}
     assert sorted(load_feature_set(str(folder)).ids) == sorted(c.caption_id for c in read_captions(synth.captions_txt))

@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
-import os
 import sys
-import warnings
 from typing import Sequence
 
 from vidfuse import __version__
-from vidfuse.errors import VidfuseError
+from vidfuse.errors import describe_error
 
 # command name -> (module under vidfuse.commands, one-line help); order = order in --help
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,11 +39,32 @@ def _available_commands() -> dict[str, tuple[str, str]]:
     }
 
 
+def _add_verbosity_args(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=default,
+                       help="debug logging, and the traceback of an error")
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=default,
+                       help="warnings and errors only, no progress bars")
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: takes -v/-q too, so they work before or after the command name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _add_verbosity_args(self, argparse.SUPPRESS)  # SUPPRESS: absent here keeps the top level's
+
+
+def _description() -> str:
+    """The module docstring's first line as plain text (argparse shows no RST)."""
+    return __doc__.splitlines()[0].replace("``", "")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidfuse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vidfuse", description=_description())
     parser.add_argument("--version", action="version", version=f"vidfuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_verbosity_args(parser, 0)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     commands = _available_commands()
     # Import only the module of the command being run; list the others by name.
     wanted = next((a for a in argv if a in commands), None)
@@ -58,48 +76,34 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
-OUR_PACKAGES = ("vidfuse", "pipeline", "extractors", "fusion", "index")
-
-
-def _configure_logging(verbose: bool) -> None:
-    """INFO from our packages, WARNING from libraries (open_clip logs each model build at INFO
-    on the root logger), everything with ``-v``; Beam relays every worker's INFO lines, so it
-    is kept to errors unless ``-v``: the terminal is for progress."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    if verbose:
-        return
-    for name in OUR_PACKAGES:
-        logging.getLogger(name).setLevel(logging.INFO)
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    # a library's deprecation notice the user cannot act on, here and in Beam's worker processes
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit._script")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.jit._script")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from vidfuse.logs import configure_logging, show_progress
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    # Commands that run Beam pass unknown flags on as Beam pipeline options.
+    # Commands that run Beam pass unknown flags on as Beam pipeline options (and check them).
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    _configure_logging(args.verbose)
+    configure_logging(args.verbosity)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if hasattr(args, "no_progress") and not show_progress():
+        args.no_progress = True  # no bars in redirected output, nor with -q
     try:
         return int(args.func(args) or 0)
-    except VidfuseError as exc:
-        print(f"vidfuse {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"vidfuse {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:  # noqa: BLE001  every failure ends as one line (-v: and its traceback)
+        if isinstance(exc, SystemExit):
+            raise
+        message, status = describe_error(exc)
+        if args.verbosity > 0:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"vidfuse {args.command}: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

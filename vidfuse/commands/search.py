@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from vidfuse.commands.common import add_device_arg, positive_int
+
 
 def register(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -13,12 +15,12 @@ def register(subparsers, name: str, help_text: str) -> None:
         help=help_text,
         description="Top-k videos for each QUERY; with no QUERY, reads one query per line from standard input.",
     )
-    p.add_argument("queries", nargs="*", metavar="QUERY")
-    p.add_argument("--run", required=True)
-    p.add_argument("--index", required=True)
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="query text (quote it); none: one per line from stdin")
+    p.add_argument("--run", required=True, help="run folder written by `vidfuse train`")
+    p.add_argument("--index", required=True, help="index folder written by `vidfuse index` for that run")
     p.add_argument("--features", default=None, help="features folder (default: the run's)")
-    p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
+    add_device_arg(p, default="cpu", what="where queries are encoded (default cpu): ")
     p.set_defaults(func=run)
 
 
