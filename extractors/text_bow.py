@@ -185,13 +185,22 @@ class BowEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``[N, |V|]``: how often each vocabulary word occurs in each text (raw counts)."""
-        out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
+        return self.encode_sparse(texts).toarray()
+
+    def encode_sparse(self, texts: Sequence[str]):
+        """The counts of :meth:`encode` as a ``scipy.sparse.csr_matrix`` (what shards store)."""
+        import scipy.sparse
+
         index = self.vocab.index
+        cols: list[int] = []
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
         for row, text in enumerate(texts):
-            for tok in tokenize(text):
-                col = index.get(tok)
-                if col is not None:
-                    out[row, col] += 1.0
+            cols.extend(c for c in (index.get(tok) for tok in tokenize(text)) if c is not None)
+            indptr[row + 1] = len(cols)
+        data = np.ones(len(cols), dtype=np.float32)
+        out = scipy.sparse.csr_matrix((data, np.asarray(cols, dtype=np.int32), indptr),
+                                      shape=(len(texts), len(self.vocab)))
+        out.sum_duplicates()  # a word twice in a caption: one entry holding 2
         return out
 
     def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,8 @@ Loading validates everything a trainer would otherwise trip over much later: the
 exists and names the feature set asked for, every shard carries that manifest's hash and dim,
 its copy in the other format agrees with it, ids are unique across shards, and no row that is
 used holds NaN/inf. Video-level vectors are read eagerly into one preallocated [N, D] array (no
-second copy); frame matrices, which are T times larger, are read on first use.
+second copy), or, for sparse shards (bow counts), into one ``scipy.sparse.csr_matrix``; frame
+matrices, which are T times larger, are read on first use.
 
 NaN/inf rows are refused, never skipped: a stage that silently drops a video trains or indexes
 on other data than the user named (a benchmark over fewer test videos is not comparable). The
@@ -57,6 +58,9 @@ def _examples(items: Sequence[str], total: int | None = None) -> str:
 
 def _nonfinite_rows(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Row numbers holding NaN/inf, checked in chunks so no [N, D] boolean temp is made."""
+    if hasattr(matrix, "indptr"):  # CSR (bow counts): only the stored values can be NaN/inf
+        bad = np.flatnonzero(~np.isfinite(matrix.data))
+        return np.unique(np.searchsorted(matrix.indptr, bad, side="right") - 1)
     bad = [np.flatnonzero(~np.isfinite(matrix[i : i + chunk]).all(axis=1)) + i for i in range(0, len(matrix), chunk)]
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
@@ -125,8 +129,9 @@ class FeatureSet:
             ) from None
 
     def get(self, video_id: str) -> np.ndarray:
-        """[D] video-level vector."""
-        return self.features[self.index_of(video_id)]
+        """[D] video-level vector (dense, also for a sparse set)."""
+        row = self.features[self.index_of(video_id)]
+        return row.toarray()[0] if hasattr(row, "toarray") else row
 
     def where(self, i: int) -> str:
         """``<shard file> row <r>``: where row ``i`` of this set is stored."""
@@ -358,9 +363,14 @@ def load_feature_set(
             raise ShardError(f"{path}: some shards have frame matrices and others do not, e.g. without: {lacking[:3]}")
         has_frames = bool(with_frames) and all(with_frames)
         total = sum(r.num_rows for r in readers)
+        sparse = [r.sparse for r in readers]
+        if any(sparse) and not all(sparse):
+            lacking = [r.path for r in readers if not r.sparse]
+            raise ShardError(f"{path}: some shards hold sparse vectors and others dense ones, e.g. dense: {lacking[:3]}")
 
         # Pass 2: vectors and small per-row data, straight into preallocated arrays.
-        features = np.empty((total, dim), dtype=np.float32)
+        features = np.empty((0 if any(sparse) else total, dim), dtype=np.float32)
+        sparse_parts = []
         num_frames = np.empty(total, dtype=np.int64)
         all_ids: list[str] = []
         owner: dict[str, str] = {}
@@ -376,7 +386,10 @@ def load_feature_set(
                     owner[video_id] = reader.path
             start, stop = starts[k], starts[k] + reader.num_rows
             starts[k + 1] = stop
-            features[start:stop] = reader.read_features(dim)
+            if reader.sparse:
+                sparse_parts.append(reader.read_sparse(dim))
+            else:
+                features[start:stop] = reader.read_features(dim)
             num_frames[start:stop] = reader.read_num_frames()
             values, offsets = reader.read_frame_indices()
             index_values.append(values)
@@ -388,6 +401,10 @@ def load_feature_set(
 
     if duplicates:
         raise duplicate_ids_error(path, duplicates)
+    if sparse_parts:
+        import scipy.sparse
+
+        features = scipy.sparse.vstack(sparse_parts, format="csr", dtype=np.float32)
     index_offsets = np.zeros(total + 1, np.int64)
     if total:
         np.cumsum(np.concatenate(index_lengths), out=index_offsets[1:])
