@@ -53,6 +53,18 @@ def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: st
     return texts
 
 
+def warn_overlong(captions: Sequence[Caption]) -> None:
+    """One warning naming the first caption the GRU and bow cut at MAX_WORDS words (and how many more)."""
+    from extractors.text_bow import MAX_WORDS, overlong
+
+    cut = overlong([c.text for c in captions])
+    if cut:
+        first, words = cut[0]
+        more = f"; {len(cut) - 1} more caption(s) are cut too" if len(cut) > 1 else ""
+        log.warning("caption %s has %d words: the GRU and bow read its first %d%s", captions[first].caption_id,
+                    words, MAX_WORDS, more)
+
+
 def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
     """(encode function, manifest fields, writer of its side files) of one text encoder.
 
@@ -75,6 +87,7 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
         from extractors.text_bow import BowEncoder, BowVocabulary
 
         vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        warn_overlong(captions)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
