@@ -281,10 +281,13 @@ def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
     )
 
 
-def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -> list[str]:
-    """Shards the manifest names that are not complete on disk.
+def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str, folder: str,
+                        formats: Sequence[str]) -> list[str]:
+    """Files of shards the manifest names that are not complete on disk.
 
-    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every format).
+    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every
+    format of ``formats``); for a stem, the files named are the formats it lacks (a deleted
+    ``.h5`` twin is named, not the ``.parquet`` that is there).
     """
     ext = FORMAT_EXTENSIONS[fmt]
     present = {FileSystems.split(p)[1] for p in paths}
@@ -295,7 +298,9 @@ def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -
             if entry not in present:
                 missing.append(entry)
         elif not entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and entry not in stems:
-            missing.append(entry + ext)
+            exts = [FORMAT_EXTENSIONS[normalize_format(f)] for f in formats] or [ext]
+            lacking = [entry + e for e in exts if not FileSystems.exists(FileSystems.join(folder, entry + e))]
+            missing.extend(lacking or [entry + ext])
     return missing
 
 
@@ -334,8 +339,14 @@ def load_feature_set(
     """
     path = path.rstrip("/") if len(path) > 1 else path
     manifest = read_feature_manifest(path, name)
-    fmt, paths = _pick_format(path, fmt)
-    listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
+    try:
+        fmt, paths = _pick_format(path, fmt)
+    except FeatureSetError:  # no complete shard: say which listed file went missing, if one did
+        picked = normalize_format(fmt or (manifest.formats or ["parquet"])[0])
+        if not _listed_but_missing(manifest.shards, [], picked, path, manifest.formats):
+            raise
+        fmt, paths = picked, []
+    listed_missing = _listed_but_missing(manifest.shards, paths, fmt, path, manifest.formats)
     if listed_missing:
         raise FeatureSetError(
             f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}; "
