@@ -11,7 +11,9 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Sequence
 
@@ -79,6 +81,39 @@ def _configure_logging(verbose: bool) -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.jit._script")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, ``kill PID``) as an interruption, exactly like Ctrl-C."""
+
+
+_STOPPING = threading.Event()
+
+
+def _interrupt(signum, frame) -> None:
+    from pipeline.job_lock import stop_workers
+
+    _STOPPING.set()
+    stop_workers()  # Beam's runner would wait for its worker processes for ever
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _quiet_when_stopping(args, _default=threading.excepthook) -> None:
+    """Once interrupted, a background thread's error is the fallout of stopping (Beam's thread
+    watching a worker it killed), not news: one line says the command was interrupted."""
+    if not _STOPPING.is_set():
+        _default(args)
+
+
+def _signals_as_interrupt() -> None:
+    """SIGINT and SIGTERM unwind the command the same way: the job's worker processes are
+    stopped, the folder lock released, one line printed. Why: Python's default SIGTERM ends
+    the process at once, leaving Beam's workers to print gRPC tracebacks; and on either signal
+    Beam's runner waited for workers that wait for work."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
+        threading.excepthook = _quiet_when_stopping
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -91,14 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _signals_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except VidfuseError as exc:
         print(f"vidfuse {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"vidfuse {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":
