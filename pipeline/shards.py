@@ -28,17 +28,16 @@ an orphan that :func:`list_shards` and :func:`existing_ids` ignore (so a rerun r
 videos instead of duplicating them) and :func:`remove_incomplete_shards` deletes.
 
 All I/O goes through Beam's ``FileSystems`` so output folders may be on gs://, s3://, hdfs://...
-HDF5 cannot stream to an object store, so for non-local folders it is written to a local temp file
-and copied.
+HDF5 cannot stream to an object store, so every HDF5 shard is built in memory and written as
+bytes (which also makes a full disk a plain OSError of a write).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -291,10 +290,10 @@ def _write_parquet(path: str, packed: _Packed, manifest_hash: str) -> None:
         pq.write_table(table, handle, write_page_checksum=True)  # a flipped byte is an error, not a value
 
 
-def _write_h5_file(local_path: str, packed: _Packed, manifest_hash: str) -> None:
+def _write_h5_file(target, packed: _Packed, manifest_hash: str) -> None:
     import h5py
 
-    with h5py.File(local_path, "w") as f:
+    with h5py.File(target, "w") as f:
         f.attrs[MANIFEST_HASH_KEY] = manifest_hash
         f.attrs["vidfuse_format"] = FORMAT_VERSION
         f.attrs["dim"] = packed.dim
@@ -316,20 +315,18 @@ def _write_h5_file(local_path: str, packed: _Packed, manifest_hash: str) -> None
 
 
 def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
-    if _is_local(path):
-        _write_h5_file(path, packed, manifest_hash)
-        return
-    # h5py needs a seekable file; object stores give append-only streams: write locally, copy.
-    fd, local = tempfile.mkstemp(suffix=".h5" + TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        _write_h5_file(local, packed, manifest_hash)
-        with open(local, "rb") as src, FileSystems.create(
-            path, compression_type=CompressionTypes.UNCOMPRESSED
-        ) as dst:
-            shutil.copyfileobj(src, dst, _COPY_CHUNK)
-    finally:
-        os.remove(local)
+    """Built in memory (one shard), then written as plain bytes.
+
+    Why: written in place, a full disk failed inside the HDF5 library's own flush, which left
+    the file open and crashed the process at exit; as bytes, it is an OSError of a write like
+    any other. Object stores (append-only streams, where h5py needs a seekable file) work alike.
+    """
+    buffer = io.BytesIO()
+    _write_h5_file(buffer, packed, manifest_hash)
+    view = buffer.getbuffer()
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
+        for start in range(0, len(view), _COPY_CHUNK):
+            dst.write(view[start : start + _COPY_CHUNK])
 
 
 _WRITERS = {"parquet": _write_parquet, "hdf5": _write_hdf5}

@@ -78,3 +78,23 @@ def test_sigterm_during_train_then_a_resume_runs_every_epoch(stage_data, tmp_pat
     assert cli(*args) == 0
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_a_beam_worker_killed_under_extract_is_one_line_and_a_rerun_completes(videos, tmp_path):
+    out = tmp_path / "features"
+    args = ["extract", videos, "--out", out, "--config", "tiny", "--extractors", "clip", "--no-progress",
+            "--set", "output.shard_size=1", "--direct_num_workers=2"]
+    command = Command(args, tmp_path / "child")
+    lock = os.path.realpath(out / LOCK_NAME)
+    _wait_for(lambda: leftover_writers(lock) and any((out / "clip").glob("part-*.parquet")), command,
+              "worker process writing a shard")
+    os.kill(leftover_writers(lock)[-1], signal.SIGKILL)  # as the OOM killer would
+    outcome = command.wait()
+    assert outcome.exitcode == 2, outcome.log[-3000:]
+    lines = [line for line in outcome.log.splitlines() if line.strip()]
+    assert lines[-1].startswith("vidfuse extract: error: a Beam worker process died under the job"), lines[-5:]
+    assert "Traceback" not in outcome.log, outcome.log[-3000:]
+
+    assert cli(*args[:-1], "--direct_num_workers=1") == 0
+    assert sorted(load_feature_set(str(out / "clip")).ids) == sorted(p.stem for p in videos.iterdir())
+    assert leftover_files(out) == []

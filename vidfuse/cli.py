@@ -76,6 +76,13 @@ def _configure_logging(verbose: bool) -> None:
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # a DoFn's exception is logged there with its traceback, then re-raised to this process,
+    # which reports it (one line for a full disk): the log would say it twice, at length
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    # a worker that died: each of Beam's channels to it logs its own traceback; the job then
+    # fails, and that is one line (vidfuse.errors.failure_as_error)
+    for name in ("apache_beam.runners.worker.data_plane", "apache_beam.runners.portability.fn_api_runner"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     # a library's deprecation notice the user cannot act on, here and in Beam's worker processes
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit._script")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.jit._script")
@@ -98,9 +105,14 @@ def _interrupt(signum, frame) -> None:
 
 def _quiet_when_stopping(args, _default=threading.excepthook) -> None:
     """Once interrupted, a background thread's error is the fallout of stopping (Beam's thread
-    watching a worker it killed), not news: one line says the command was interrupted."""
-    if not _STOPPING.is_set():
-        _default(args)
+    watching a worker it killed), not news: one line says the command was interrupted. So is
+    a Beam thread's lost gRPC channel when a worker died: the job fails with one line saying so."""
+    from vidfuse.errors import worker_died
+
+    fallout = type(args.exc_value).__module__.startswith("grpc") or worker_died(args.exc_value)
+    if _STOPPING.is_set() or (fallout and not logging.getLogger().isEnabledFor(logging.DEBUG)):
+        return
+    _default(args)
 
 
 def _signals_as_interrupt() -> None:
@@ -131,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VidfuseError as exc:
         print(f"vidfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the machine's failures (disk full, read-only, a dead worker): one line too
+        from vidfuse.errors import failure_as_error
+
+        known = failure_as_error(exc, getattr(args, "out", None))
+        if known is None:
+            raise
+        print(f"vidfuse {args.command}: error: {known}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"vidfuse {args.command}: interrupted", file=sys.stderr)
