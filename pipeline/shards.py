@@ -57,6 +57,7 @@ _FORMAT_ALIASES = {"parquet": "parquet", "pq": "parquet", "hdf5": "hdf5", "h5": 
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".partial"
 MANIFEST_HASH_KEY = "manifest_hash"
+SOURCE_COLUMNS = ("source_size", "source_mtime_ns")  # optional, per row: the video file it was read from
 FORMAT_VERSION = 1
 _COPY_CHUNK = 16 << 20
 
@@ -78,6 +79,7 @@ class FeatureRow:
     frames: np.ndarray | None = None  # [T, D] float32 per-frame / per-clip matrix
     num_frames: int = 0  # frames in the source video (0: unknown)
     frame_indices: np.ndarray | None = None  # int64 sampled indices (flattened for clip windows)
+    source: tuple[int, int] | None = None  # (size, mtime ns) of the video file when it was read
 
 
 # --------------------------------------------------------------------------------------- names
@@ -137,6 +139,7 @@ class _Packed:
     frames: np.ndarray | None  # [sum T, D]
     frame_offsets: np.ndarray | None  # [N+1]
     sparse: Any = None  # scipy.sparse.csr_matrix [N, D] float32 (then features is None)
+    sources: np.ndarray | None = None  # [N, 2] int64 (size, mtime ns) of each row's video; -1 unknown
 
     @property
     def dim(self) -> int:
@@ -208,6 +211,8 @@ def _pack(rows: Sequence[FeatureRow] | SparseRows) -> _Packed:
         index_present=np.asarray([r.frame_indices is not None for r in rows]),
         frames=frames,
         frame_offsets=frame_offsets,
+        sources=np.asarray([r.source if r.source is not None else (-1, -1) for r in rows], dtype=np.int64)
+        if any(r.source is not None for r in rows) else None,
     )
 
 
@@ -281,6 +286,11 @@ def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
             pa.array(packed.frame_offsets.astype(np.int32)), inner, type=pa.list_(vector_type)
         )
     columns = [pa.array(packed.ids, pa.string()), pa.array(packed.num_frames), frame_indices, feature, frames]
+    if packed.sources is not None:  # which file (size, mtime) each row was read from: a rerun redoes changed ones
+        for k, name in enumerate(SOURCE_COLUMNS):
+            values = packed.sources[:, k]
+            columns.append(pa.array(values, pa.int64(), mask=values < 0))
+            schema = schema.append(pa.field(name, pa.int64()))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -309,6 +319,8 @@ def _write_h5_file(target, packed: _Packed, manifest_hash: str) -> None:
             numbers["features"] = packed.features
         if packed.frames is not None:
             numbers.update(frames=packed.frames, offsets=packed.frame_offsets)
+        if packed.sources is not None:
+            numbers.update(zip(SOURCE_COLUMNS, np.ascontiguousarray(packed.sources.T)))
         for name, data in numbers.items():
             # fletcher32: a flipped byte is a read error, not a value (needs chunks: none when empty)
             f.create_dataset(name, data=data, fletcher32=bool(data.size))
@@ -543,6 +555,10 @@ class ShardReader:
         """(column indices, values, [N+1] offsets) of a sparse shard, as stored."""
         raise NotImplementedError
 
+    def read_sources(self) -> np.ndarray:
+        """[N, 2] int64 (size, mtime ns) of the file each row was read from; -1 where not recorded."""
+        raise NotImplementedError
+
     def read_sparse(self, dim: int):
         """[N, dim] ``scipy.sparse.csr_matrix`` float32 of a sparse shard; bad parts name the file."""
         import scipy.sparse
@@ -673,6 +689,13 @@ class _ParquetShard(ShardReader):
         ids = self.ids()
         return [ids[i] for i in rows]
 
+    def read_sources(self) -> np.ndarray:
+        out = np.full((self.num_rows, 2), -1, np.int64)
+        for k, name in enumerate(SOURCE_COLUMNS):
+            if name in self._columns:
+                out[:, k] = self._column(name).fill_null(-1).to_numpy(zero_copy_only=False)
+        return out
+
     def read_num_frames(self) -> np.ndarray:
         if "num_frames" not in self._columns:
             return np.zeros(self.num_rows, np.int64)
@@ -759,6 +782,13 @@ class _HDF5Shard(ShardReader):
         if self.dim != dim:
             raise ShardError(f"{self.path}: feature vectors have length {self.dim}, manifest dim is {dim}")
         return np.asarray(self._dataset("features", self.num_rows), dtype=np.float32)
+
+    def read_sources(self) -> np.ndarray:
+        out = np.full((self.num_rows, 2), -1, np.int64)
+        for k, name in enumerate(SOURCE_COLUMNS):
+            if name in self._file:
+                out[:, k] = self._dataset(name, self.num_rows)
+        return out
 
     def read_num_frames(self) -> np.ndarray:
         if "num_frames" not in self._file:
