@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vidfuse.errors import VidfuseError
+from vidfuse.files import as_umask_allows
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,7 @@ class VideoIndex:
         tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
         old = None
         try:
+            as_umask_allows(tmp)  # mkdtemp made it 0700: the index folder it becomes must not be
             idx_path = os.path.join(tmp, INDEX_FILE)
             faiss.write_index(self.cpu_index(), idx_path)
             _fsync_file(idx_path)

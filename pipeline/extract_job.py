@@ -50,11 +50,17 @@ class ExtractSummary:
     failed: int
     rows_added: dict[str, int] = field(default_factory=dict)
     errors_path: str = ""
+    reextracted: int = 0  # videos changed on disk since their rows were written, extracted again
+    still_written: int = 0  # videos modified in the last seconds, left for a later run
 
     def line(self) -> str:
         text = f"{self.total} videos: {self.done} done, {self.skipped} skipped (already extracted), {self.failed} failed"
         if self.failed:
             text += f" (see {self.errors_path})"
+        if self.reextracted:
+            text += f", {self.reextracted} re-extracted (changed since their extraction)"
+        if self.still_written:
+            text += f", {self.still_written} left for a later run (modified in the last seconds)"
         return text
 
 
@@ -417,6 +423,40 @@ class _ProgressPoller:
             bar.refresh()
 
 
+def _check_sources(paths, video_dir, rejected, out_dirs, manifests, done):
+    """Videos still being written are left out (warned); rows of videos changed since
+    their extraction are dropped so that this run extracts them again (``done`` updated).
+
+    Returns (paths to run, changed video ids, fresh video ids). Local folders only: a remote
+    listing would cost a metadata call per file here (the workers' MatchFiles has them).
+    """
+    from pipeline.fingerprints import changed_videos, drop_rows, fingerprint, recorded_sources, still_changing
+
+    if not is_local(video_dir):
+        return paths, [], []
+    by_id = {video_id_for(p, video_dir): p for p in paths if p not in rejected}
+    current = {v: fingerprint(p) for v, p in by_id.items()}
+    fresh = still_changing({v: p for v, p in by_id.items() if current[v] is not None}, current)
+    if fresh:
+        log.warning("%d video(s) still being written (size or time changed while looked at) are left for a "
+                    "later run: %s%s", len(fresh), ", ".join(fresh[:5]), " ..." if len(fresh) > 5 else "")
+        skip = set(fresh)
+        paths = [p for p in paths if p in rejected or video_id_for(p, video_dir) not in skip]
+        for v in fresh:
+            current.pop(v, None)
+    changed: set[str] = set()
+    for name, folder in out_dirs.items():
+        stale = changed_videos(recorded_sources(folder), {v: fp for v, fp in current.items() if v in done[name]})
+        if stale:
+            drop_rows(folder, stale, manifests[name])
+            done[name] -= set(stale)
+            changed.update(stale)
+    if changed:
+        log.warning("%d video(s) changed on disk since they were extracted: extracting them again: %s%s",
+                    len(changed), ", ".join(sorted(changed)[:5]), " ..." if len(changed) > 5 else "")
+    return paths, sorted(changed), fresh
+
+
 def run_extraction(
     video_dir: str,
     out_dir: str,
@@ -455,6 +495,7 @@ def run_extraction(
             remove_incomplete_shards(out_dirs[n], formats)
         done = {n: existing_ids(out_dirs[n]) for n in names}
         rejected = _duplicate_ids(paths, video_dir)
+        paths, changed, fresh = _check_sources(paths, video_dir, rejected, out_dirs, manifests, done)
         ids = [video_id_for(p, video_dir) for p in paths if p not in rejected]
         pending = [v for v in ids if any(v not in done[n] for n in names)]
         log.info("%d videos found, %d already extracted, %d to do", len(paths), len(ids) - len(pending), len(pending))
@@ -471,7 +512,7 @@ def run_extraction(
             {n: config_to_dict(built[n].config) for n in names},
             {n: built[n].config.sampling for n in names},
             {n: manifests[n].hash() for n in names},
-            done,
+            {n: done[n] | set(fresh) for n in names},  # the pipeline lists videos itself: skip those left for later
             rejected=rejected,
             extensions=config.decode.extensions,
             backend=config.decode.backend,
@@ -501,10 +542,12 @@ def run_extraction(
 
     complete = set.intersection(*(present[n] for n in names)) if names else set()
     return ExtractSummary(
-        total=len(paths),
+        total=len(paths) + len(fresh),
         done=len(complete & set(pending)),
         skipped=len(ids) - len(pending),
         failed=failed,
         rows_added={n: len(present[n]) - before[n] for n in names},
         errors_path=errors_path,
+        reextracted=len(changed),
+        still_written=len(fresh),
     )

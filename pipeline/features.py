@@ -4,7 +4,8 @@ Loading validates everything a trainer would otherwise trip over much later: the
 exists and names the feature set asked for, every shard carries that manifest's hash and dim,
 its copy in the other format agrees with it, ids are unique across shards, and no row that is
 used holds NaN/inf. Video-level vectors are read eagerly into one preallocated [N, D] array (no
-second copy); frame matrices, which are T times larger, are read on first use.
+second copy), or, for sparse shards (bow counts), into one ``scipy.sparse.csr_matrix``; frame
+matrices, which are T times larger, are read on first use.
 
 NaN/inf rows are refused, never skipped: a stage that silently drops a video trains or indexes
 on other data than the user named (a benchmark over fewer test videos is not comparable). The
@@ -60,6 +61,9 @@ def _examples(items: Sequence[str], total: int | None = None) -> str:
 
 def _nonfinite_rows(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Row numbers holding NaN/inf, checked in chunks so no [N, D] boolean temp is made."""
+    if hasattr(matrix, "indptr"):  # CSR (bow counts): only the stored values can be NaN/inf
+        bad = np.flatnonzero(~np.isfinite(matrix.data))
+        return np.unique(np.searchsorted(matrix.indptr, bad, side="right") - 1)
     bad = [np.flatnonzero(~np.isfinite(matrix[i : i + chunk]).all(axis=1)) + i for i in range(0, len(matrix), chunk)]
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
@@ -128,8 +132,9 @@ class FeatureSet:
             ) from None
 
     def get(self, video_id: str) -> np.ndarray:
-        """[D] video-level vector."""
-        return self.features[self.index_of(video_id)]
+        """[D] video-level vector (dense, also for a sparse set)."""
+        row = self.features[self.index_of(video_id)]
+        return row.toarray()[0] if hasattr(row, "toarray") else row
 
     def where(self, i: int) -> str:
         """``<shard file> row <r>``: where row ``i`` of this set is stored."""
@@ -286,19 +291,34 @@ def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
     )
 
 
-def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -> list[str]:
-    """Shards the manifest names that are not complete on disk.
+def _shard_file_exists(folder: str, stem: str, fmt: str) -> bool:
+    """Whether shard ``stem`` has its ``fmt`` file, under today's name or an older folder's."""
+    fmt = normalize_format(fmt)
+    return any(FileSystems.exists(p) for p in (shard_path(folder, stem, fmt),
+                                              FileSystems.join(folder, stem + FORMAT_EXTENSIONS[fmt])))
 
-    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every format).
+
+def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str, folder: str,
+                        formats: Sequence[str]) -> list[str]:
+    """Files of shards the manifest names that are not complete on disk.
+
+    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every
+    format of ``formats``); for a stem, the files named are the formats it lacks (a deleted
+    ``.h5`` twin is named, not the ``.parquet`` that is there).
     """
     ext = FORMAT_EXTENSIONS[fmt]
     stems = {shard_stem(p) for p in paths}
     missing = []
     for entry in listed:
-        if entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and not entry.endswith(ext):
-            continue  # another format's file
-        if shard_stem(entry) not in stems:
-            missing.append(entry if entry.endswith(ext) else FileSystems.split(shard_path("", entry, fmt))[1])
+        if entry.endswith(tuple(FORMAT_EXTENSIONS.values())):
+            if entry.endswith(ext) and shard_stem(entry) not in stems:
+                missing.append(entry)
+            continue  # that format's file (or another format's)
+        if entry in stems:
+            continue
+        lacking = [FileSystems.split(shard_path(folder, entry, f))[1]
+                   for f in (formats or [fmt]) if not _shard_file_exists(folder, entry, f)]
+        missing.extend(lacking or [FileSystems.split(shard_path("", entry, fmt))[1]])
     return missing
 
 
@@ -335,8 +355,14 @@ def load_feature_set(
     """
     path = path.rstrip("/") if len(path) > 1 else path
     manifest = read_feature_manifest(path, name)
-    fmt, paths = _pick_format(path, fmt)
-    listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
+    try:
+        fmt, paths = _pick_format(path, fmt)
+    except FeatureSetError:  # no complete shard: say which listed file went missing, if one did
+        picked = normalize_format(fmt or (manifest.formats or ["parquet"])[0])
+        if not _listed_but_missing(manifest.shards, [], picked, path, manifest.formats):
+            raise
+        fmt, paths = picked, []
+    listed_missing = _listed_but_missing(manifest.shards, paths, fmt, path, manifest.formats)
     if listed_missing:
         raise FeatureSetError(
             f"{path}: {MANIFEST_NAME} lists shard(s) missing from the folder: {_examples(listed_missing)}; "
@@ -364,9 +390,14 @@ def load_feature_set(
             raise ShardError(f"{path}: some shards have frame matrices and others do not, e.g. without: {lacking[:3]}")
         has_frames = bool(with_frames) and all(with_frames)
         total = sum(r.num_rows for r in readers)
+        sparse = [r.sparse for r in readers]
+        if any(sparse) and not all(sparse):
+            lacking = [r.path for r in readers if not r.sparse]
+            raise ShardError(f"{path}: some shards hold sparse vectors and others dense ones, e.g. dense: {lacking[:3]}")
 
         # Pass 2: vectors and small per-row data, straight into preallocated arrays.
-        features = np.empty((total, dim), dtype=np.float32)
+        features = np.empty((0 if any(sparse) else total, dim), dtype=np.float32)
+        sparse_parts = []
         num_frames = np.empty(total, dtype=np.int64)
         all_ids: list[str] = []
         owner: dict[str, str] = {}
@@ -382,7 +413,10 @@ def load_feature_set(
                     owner[video_id] = reader.path
             start, stop = starts[k], starts[k] + reader.num_rows
             starts[k + 1] = stop
-            features[start:stop] = reader.read_features(dim)
+            if reader.sparse:
+                sparse_parts.append(reader.read_sparse(dim))
+            else:
+                features[start:stop] = reader.read_features(dim)
             num_frames[start:stop] = reader.read_num_frames()
             values, offsets = reader.read_frame_indices()
             index_values.append(values)
@@ -394,6 +428,10 @@ def load_feature_set(
 
     if duplicates:
         raise duplicate_ids_error(path, duplicates)
+    if sparse_parts:
+        import scipy.sparse
+
+        features = scipy.sparse.vstack(sparse_parts, format="csr", dtype=np.float32)
     index_offsets = np.zeros(total + 1, np.int64)
     if total:
         np.cumsum(np.concatenate(index_lengths), out=index_offsets[1:])

@@ -23,6 +23,7 @@ from pipeline.job_lock import exclusive_folder
 from pipeline.manifest import MANIFEST_NAME, Manifest, check_compatible, library_versions, read_manifest, write_manifest
 from pipeline.shards import (
     FeatureRow,
+    SparseRows,
     existing_ids,
     list_shards,
     new_shard_name,
@@ -48,6 +49,7 @@ def vocab_path(bow_dir: str) -> str:
     path = posixpath.join(bow_dir, VOCAB_FILE)
     older = posixpath.join(bow_dir, LEGACY_VOCAB_FILE)
     return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
+SPARSE = "sparse"  # manifest extra["storage"] of a bow folder whose shards hold CSR counts
 
 
 def text_feature_dir(features_dir: str, encoder: str) -> str:
@@ -60,6 +62,18 @@ def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: st
     if not texts:
         raise VidfuseError(f"no caption of {captions_path} belongs to a video of the train split")
     return texts
+
+
+def warn_overlong(captions: Sequence[Caption]) -> None:
+    """One warning naming the first caption the GRU and bow cut at MAX_WORDS words (and how many more)."""
+    from extractors.text_bow import MAX_WORDS, overlong
+
+    cut = overlong([c.text for c in captions])
+    if cut:
+        first, words = cut[0]
+        more = f"; {len(cut) - 1} more caption(s) are cut too" if len(cut) > 1 else ""
+        log.warning("caption %s has %d words: the GRU and bow read its first %d%s", captions[first].caption_id,
+                    words, MAX_WORDS, more)
 
 
 def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
@@ -84,11 +98,12 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
         from extractors.text_bow import BowEncoder, BowVocabulary
 
         vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        warn_overlong(captions)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
-                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE})
-        return BowEncoder(vocab).encode, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE, "storage": SPARSE})
+        return BowEncoder(vocab).encode_sparse, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -98,6 +113,16 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
                       config=settings, config_hash=config_hash(settings), extra={})
         return encoder.encode, fields, lambda: None
     raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
+
+
+def _refuse_dense_bow(folder: str, existing: Manifest) -> None:
+    """A bow folder of an earlier vidfuse holds dense rows: sparse shards must not join them."""
+    if existing.name == "text/bow" and existing.extra.get("storage") != SPARSE:
+        raise VidfuseError(
+            f"{folder}: holds bow vectors stored dense by an earlier vidfuse (captions x vocabulary float32); "
+            "training still reads it, but to add captions delete that folder and rerun "
+            "`vidfuse extract-text --encoders bow` (it now stores them sparse)"
+        )
 
 
 def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
@@ -140,18 +165,26 @@ def _encode_missing(
     remove_incomplete_shards(out_dir, manifest.formats)  # what a killed run left
     present = existing_ids(out_dir, manifest.formats)
     todo = [c for c in captions if c.caption_id not in present]
+    del present
     written = 0
     with tqdm(total=len(todo), desc=f"text/{name}", unit="caption", disable=not progress) as bar:
-        for start in range(0, len(todo), shard_size):
+        for start in range(0, len(todo), shard_size):  # memory: one shard of vectors at a time
             chunk = todo[start : start + shard_size]
             vectors = []
             for b in range(0, len(chunk), batch_size):
-                vectors.append(np.asarray(encode([c.text for c in chunk[b : b + batch_size]]), dtype=np.float32))
+                vectors.append(encode([c.text for c in chunk[b : b + batch_size]]))
                 bar.update(min(batch_size, len(chunk) - b))
-            matrix = np.concatenate(vectors)
-            rows = [FeatureRow(video_id=c.caption_id, feature=v) for c, v in zip(chunk, matrix)]
+            ids = [c.caption_id for c in chunk]
+            if hasattr(vectors[0], "tocsr"):  # sparse counts (bow) stay sparse on disk
+                import scipy.sparse
+
+                rows = SparseRows(ids, scipy.sparse.vstack(vectors, format="csr", dtype=np.float32))
+            else:
+                matrix = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
+                rows = [FeatureRow(video_id=i, feature=v) for i, v in zip(ids, matrix)]
+            del vectors
             write_shard(out_dir, new_shard_name(), rows, manifest.formats, manifest.hash())
-            written += len(rows)
+            written += len(ids)
     return written
 
 
@@ -182,6 +215,7 @@ def run_text_extraction(
                                 versions=library_versions(), formats=formats, **fields)
             existing = read_manifest(folder)
             if existing is not None:
+                _refuse_dense_bow(folder, existing)
                 check_compatible(existing, manifest)
                 manifest.formats, manifest.shards = list(existing.formats), list(existing.shards)
             write_side_files()

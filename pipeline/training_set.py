@@ -19,7 +19,7 @@ from pipeline.captions import Caption, read_captions
 from pipeline.features import FeatureSet, load_feature_set
 from pipeline.manifest import Manifest
 from pipeline.splits import find_split_files, read_split
-from pipeline.text_job import text_feature_dir
+from pipeline.text_job import text_feature_dir, warn_overlong
 from pipeline.text_job import vocab_path as bow_vocab_path
 from vidfuse.errors import VidfuseError
 
@@ -122,6 +122,7 @@ def load_text_bank(
             vocab = BowVocabulary.load(vocab_path)
         except VidfuseError as exc:
             raise TrainingSetError(f"the 'gru' text feature needs the bow vocabulary ({exc}); run `vidfuse extract-text --encoders bow` first") from None
+        warn_overlong(captions)
         bank.tokens = BowEncoder(vocab).token_ids([c.text for c in captions])
         vocab_size = len(vocab) + 1  # id 0 = padding / unknown word
     return bank, {f"text/{n}": s.manifest for n, s in sets.items()}, vocab_size

@@ -39,6 +39,7 @@ class DecodedVideo:
     num_frames: int
     indices: np.ndarray
     frames: np.ndarray
+    source: tuple[int, int] | None = None  # (size, mtime ns) of the file just before it was read
 
 
 @dataclass
@@ -114,6 +115,9 @@ class _DecodeAndSampleFn(beam.DoFn):
                     DEAD_LETTER_TAG, DeadLetter(path, video_id, name, "match", self.rejected[path])
                 )
             return
+        from pipeline.fingerprints import fingerprint
+
+        source = fingerprint(path)  # before reading: a file changed while read differs on the rerun
         try:
             with local_copy(path) as local, open_video(local, backend=self.backend, fallback=self.fallback) as reader:
                 info = reader.info
@@ -136,7 +140,7 @@ class _DecodeAndSampleFn(beam.DoFn):
         for name, idx in wanted.items():
             take = np.fromiter((position[int(i)] for i in idx.ravel()), dtype=np.int64)
             yield beam.pvalue.TaggedOutput(
-                name, DecodedVideo(video_id, path, info.num_frames, idx, frames[take])
+                name, DecodedVideo(video_id, path, info.num_frames, idx, frames[take], source)
             )
 
 
@@ -206,6 +210,7 @@ class _EmbedFn(beam.DoFn):
                 frames=unit_features.astype(np.float32),
                 num_frames=video.num_frames,
                 frame_indices=np.asarray(video.indices, dtype=np.int64).ravel(),
+                source=video.source,
             )
 
 

@@ -166,7 +166,7 @@ def _bow(folder: Path) -> dict[str, np.ndarray]:
     from pipeline.features import load_feature_set
 
     fs = load_feature_set(str(folder / "text" / "bow"))
-    return dict(zip(fs.ids, fs.features))
+    return {i: fs.get(i) for i in fs.ids}  # dense rows (bow is stored sparse)
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from vidfuse import __version__
-from vidfuse.errors import describe_error
+from vidfuse.errors import Terminated, describe_error
 
 # command name -> (module under vidfuse.commands, one-line help); order = order in --help
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,6 +79,40 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+_STOPPING = threading.Event()
+
+
+def _interrupt(signum, frame) -> None:
+    from pipeline.job_lock import stop_workers
+
+    _STOPPING.set()
+    stop_workers()  # Beam's runner would wait for its worker processes for ever
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _quiet_when_stopping(args, _default=threading.excepthook) -> None:
+    """Once interrupted, a background thread's error is the fallout of stopping (Beam's thread
+    watching a worker it killed), not news: one line says the command was interrupted. So is
+    a Beam thread's lost gRPC channel when a worker died: the job fails with one line saying so."""
+    from vidfuse.errors import worker_died
+
+    fallout = type(args.exc_value).__module__.startswith("grpc") or worker_died(args.exc_value)
+    if _STOPPING.is_set() or (fallout and not logging.getLogger().isEnabledFor(logging.DEBUG)):
+        return
+    _default(args)
+
+
+def _signals_as_interrupt() -> None:
+    """SIGINT and SIGTERM unwind the command the same way: the job's worker processes are
+    stopped, the folder lock released, one line printed. Why: Python's default SIGTERM ends
+    the process at once, leaving Beam's workers to print gRPC tracebacks; and on either signal
+    Beam's runner waited for workers that wait for work."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
+        threading.excepthook = _quiet_when_stopping
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vidfuse.logs import configure_logging, show_progress
 
@@ -92,12 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if hasattr(args, "no_progress") and not show_progress():
         args.no_progress = True  # no bars in redirected output, nor with -q
+    _signals_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except BaseException as exc:  # noqa: BLE001  every failure ends as one line (-v: and its traceback)
         if isinstance(exc, SystemExit):
             raise
-        message, status = describe_error(exc)
+        message, status = describe_error(exc, getattr(args, "out", None))
         if args.verbosity > 0:
             import traceback
 

@@ -69,6 +69,13 @@ def configure_logging(level: int | None = None) -> None:
     for name in OUR_PACKAGES:
         logging.getLogger(name).setLevel(logging.INFO if level == 0 else logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    # a DoFn's exception is logged there with its traceback, then re-raised to this process,
+    # which reports it (one line for a full disk): the log would say it twice, at length
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    # a worker that died: each of Beam's channels to it logs its own traceback; the job then
+    # fails, and that is one line (vidfuse.errors.failure_as_error)
+    for name in ("apache_beam.runners.worker.data_plane", "apache_beam.runners.portability.fn_api_runner"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     # a library's deprecation notice the user cannot act on, here and in Beam's worker processes
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit._script")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.jit._script")

@@ -26,16 +26,23 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from index.search import Searcher, format_hits
+    from vidfuse.errors import VidfuseError
 
+    if any(not q.strip() for q in args.queries):  # checked before the index loads: nothing to search for
+        raise VidfuseError("an empty QUERY: give the words to search for")
     searcher = Searcher(args.run, args.index, args.features, args.device)
     interactive = not args.queries
     if interactive and sys.stdin.isatty():
         print("type a query per line (Ctrl-D to quit)", file=sys.stderr)
+    searched = 0
     for query in args.queries or (line.strip() for line in sys.stdin):
         if not query:
-            continue
+            continue  # a blank line typed or piped between queries
         start = time.perf_counter()
         hits = searcher.search(query, args.k)
         print(format_hits(query, hits))
         print(f"({(time.perf_counter() - start) * 1000:.1f} ms)", file=sys.stderr)
+        searched += 1
+    if not searched and not sys.stdin.isatty():
+        raise VidfuseError("no query: standard input held no line with words to search for")
     return 0
