@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def mounts(tmp_path):
     m.undo()
 
 
+_PROGRESS = re.compile(r"\d\d:\d\d:\d\d INFO (vidfuse|pipeline|extractors|fusion|index)[.\w]*: ")
+
+
 def _one_line_error(capsys, command: str, folder: Path, cause: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    # the command's INFO progress lines ("4 videos found ...") may come first: the failure is one line
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not _PROGRESS.match(line)]
     assert len(err) == 1, err
     assert err[0].startswith(f"vidfuse {command}: error: {folder}") and cause in err[0], err[0]
     return err[0]
