@@ -16,6 +16,7 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,11 +25,12 @@ import open_clip
 import torch
 
 from extractors.base import VideoExtractor
-from extractors.preprocess import FrameTransform, as_tuple3
+from extractors.preprocess import RESIZE_MODES, FrameTransform, as_tuple3
 from extractors.registry import register_extractor
 from extractors.weights import (
     WeightsLoadError,
     WeightsNotFoundError,
+    check_reachable,
     local_checkpoint,
     offline,
 )
@@ -37,7 +39,7 @@ from vidfuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"  # vidfuse-tiny.json
+MODEL_CONFIG_DIR = Path(str(files("extractors") / "model_configs"))  # vidfuse-tiny.json, as installed
 CHECKPOINT_META_KEY = "vidfuse_clip"
 
 
@@ -79,7 +81,10 @@ class ClipBundle:
 
 
 def _download_open_clip(pretrained_cfg: dict, cache_dir: Optional[str]) -> str:
-    """open_clip's own downloader (HF hub, else URL); tests replace it to simulate no network."""
+    """open_clip's own downloader (HF hub, else URL), after a quick look whether its host answers;
+    tests replace it to simulate no network."""
+    hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    check_reachable(hub if pretrained_cfg.get("hf_hub") else pretrained_cfg.get("url", hub))
     return open_clip.pretrained.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
 
 
@@ -122,7 +127,8 @@ def resolve_clip_weights(model: str, tag: str, cache_dir: Optional[str] = None) 
             return cached, pretrained_cfg
     reason = "downloads disabled by VIDFUSE_OFFLINE/HF_HUB_OFFLINE"
     if not offline():
-        log.info("clip: downloading %s weights %r", model, tag)
+        log.info("clip: %s weights %r are not cached; downloading from %s", model, tag,
+                 " or ".join(where for where, _, _ in sources))
         try:
             target = _download_open_clip(pretrained_cfg, cache_dir)
             if target and Path(target).is_file():
@@ -159,13 +165,14 @@ def _peek_meta(path: Path) -> dict:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
-def _quick_gelu_for_file(model: str, path: Path) -> bool:
-    """OpenAI's files (e.g. ViT-B-32.pt) are recognised by name: they need QuickGELU."""
+def _pretrained_cfg_for_file(model: str, path: Path) -> dict:
+    """The pretrained cfg of the tag whose download has this file's name (OpenAI's ViT-B-32.pt
+    needs QuickGELU and its own preprocessing), or {} for any other file."""
     for tag in open_clip.list_pretrained_tags_by_model(model):
         cfg = open_clip.get_pretrained_cfg(model, tag)
         if cfg.get("url") and os.path.basename(cfg["url"]) == path.name:
-            return bool(cfg.get("quick_gelu", False))
-    return False
+            return dict(cfg)
+    return {}
 
 
 def _load_weights_file(model: torch.nn.Module, path: Path) -> None:
@@ -188,7 +195,7 @@ def load_clip(config: ClipConfig) -> ClipBundle:
         raise ConfigError(
             f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()"
         )
-    weights, path, quick_gelu = "random", None, False
+    weights, path, quick_gelu, pretrained_cfg = "random", None, False, {}
     if config.pretrained is not None:
         path = local_checkpoint(config.pretrained, extractor="clip")
         if path is not None:
@@ -198,7 +205,8 @@ def load_clip(config: ClipConfig) -> ClipBundle:
                 raise WeightsLoadError(
                     f"clip: {path} holds a {meta['model']} but the config says model: {config.model}"
                 )
-            quick_gelu = bool(meta["quick_gelu"]) if "quick_gelu" in meta else _quick_gelu_for_file(config.model, path)
+            pretrained_cfg = _pretrained_cfg_for_file(config.model, path)
+            quick_gelu = bool(meta["quick_gelu"]) if "quick_gelu" in meta else bool(pretrained_cfg.get("quick_gelu"))
         else:
             path, pretrained_cfg = resolve_clip_weights(config.model, config.pretrained, config.cache_dir)
             weights = config.pretrained
@@ -212,33 +220,55 @@ def load_clip(config: ClipConfig) -> ClipBundle:
     return ClipBundle(
         model=model,
         tokenizer=open_clip.get_tokenizer(config.model),
-        transform=clip_transform(config),
+        transform=clip_transform(config, pretrained_cfg),
         weights=weights,
         quick_gelu=quick_gelu,
         dim=int(open_clip.get_model_config(config.model)["embed_dim"]),
     )
 
 
-def clip_transform(config: ClipConfig) -> FrameTransform:
-    """The image tower's preprocessing from the model config alone: what open_clip sets on a model
-    built with ``pretrained=None`` (as :func:`load_clip` builds it before loading weights):
-    its PreprocessCfg defaults, at the vision tower's image size."""
+def _pretrained_cfg_of(config: ClipConfig) -> dict:
+    """The pretrained tag's cfg for ``config.pretrained`` (a tag, or a local file named as a tag's
+    download), looked up without loading any weights; {} for random init or any other file."""
+    if config.pretrained is None:
+        return {}
+    path = local_checkpoint(config.pretrained, extractor="clip")
+    if path is not None:
+        return _pretrained_cfg_for_file(config.model, path)
+    return dict(open_clip.get_pretrained_cfg(config.model, config.pretrained) or {})
+
+
+def clip_transform(config: ClipConfig, pretrained_cfg: Optional[dict] = None) -> FrameTransform:
+    """The image preprocessing the weights were trained with, from configs alone (no model built):
+    open_clip's PreprocessCfg defaults at the vision tower's image size, overlaid with the model
+    config's ``preprocess_cfg`` and then the pretrained tag's own (mean/std, interpolation, resize
+    mode: SigLIP's tags want 0.5 and squash). ``pretrained_cfg`` defaults to the tag's, looked up."""
     from dataclasses import asdict
 
-    from open_clip.transform import PreprocessCfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     model_cfg = open_clip.get_model_config(config.model)
     if model_cfg is None:
         raise ConfigError(f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()")
+    if pretrained_cfg is None:
+        pretrained_cfg = _pretrained_cfg_of(config)
     pp = asdict(PreprocessCfg())
-    size = model_cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    pp["size"] = model_cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    pp = merge_preprocess_dict(pp, model_cfg.get("preprocess_cfg", {}))
+    pp = merge_preprocess_dict(pp, pretrained_cfg)
+    size = pp.get("size", 224)
     size = int(size if isinstance(size, int) else min(size))
+    mode = pp.get("resize_mode") or "shortest"
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"extractor 'clip': the weights ask for resize mode {mode!r}, which vidfuse does not "
+                          f"implement (known: {list(RESIZE_MODES)})")
     return FrameTransform(
         resize=size,
         crop=size,
-        mean=as_tuple3(pp["mean"]),
-        std=as_tuple3(pp["std"]),
-        interpolation="bicubic" if pp["interpolation"] == "bicubic" else "bilinear",
+        mean=as_tuple3(pp.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        std=as_tuple3(pp.get("std") or open_clip.OPENAI_DATASET_STD),
+        interpolation="bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear",
+        resize_mode=mode,
     )
 
 
@@ -319,7 +349,7 @@ class ClipExtractor(VideoExtractor):
 
     @classmethod
     def frame_transform_for(cls, config: ClipConfig) -> FrameTransform:
-        """Shorter side to S bicubic, centre crop, CLIP mean/std."""
+        """The weights' own preprocessing (see :func:`clip_transform`), without building the model."""
         return clip_transform(config)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

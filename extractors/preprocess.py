@@ -18,23 +18,31 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 _CHUNK = 16  # frames converted to float at once
+RESIZE_MODES = ("shortest", "squash")
 
 
 @dataclass(frozen=True)
 class FrameTransform:
-    """Shorter side -> ``resize`` (aspect kept), centre ``crop`` x ``crop``, (x/255 - mean)/std."""
+    """Shorter side -> ``resize`` (aspect kept), centre ``crop`` x ``crop``, (x/255 - mean)/std.
+
+    ``resize_mode`` "squash" (open_clip's, e.g. SigLIP's weights) resizes to ``crop`` x ``crop``
+    without keeping the aspect ratio, and crops nothing.
+    """
 
     resize: int
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # bilinear (pytorchvideo) | bicubic (CLIP)
+    resize_mode: str = "shortest"  # shortest (resize + centre crop) | squash
 
     def __post_init__(self) -> None:
         if self.crop <= 0 or self.resize < self.crop:
             raise ValueError(f"need 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"interpolation must be bilinear or bicubic, got {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
 
     def describe(self) -> dict:
         return {
@@ -43,6 +51,8 @@ class FrameTransform:
             "mean": list(self.mean),
             "std": list(self.std),
             "interpolation": self.interpolation,
+            # only when not the default, so folders extracted before the option still match
+            **({"resize_mode": self.resize_mode} if self.resize_mode != "shortest" else {}),
         }
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
@@ -60,8 +70,12 @@ class FrameTransform:
         out = torch.empty((frames.shape[0], 3, self.crop, self.crop), dtype=torch.uint8)
         for start in range(0, frames.shape[0], _CHUNK):
             x = torch.from_numpy(np.ascontiguousarray(frames[start : start + _CHUNK])).permute(0, 3, 1, 2)
-            x = TF.resize(x, [self.resize], interpolation=mode, antialias=True)  # shorter side, uint8
-            out[start : start + x.shape[0]] = TF.center_crop(x, [self.crop, self.crop])
+            if self.resize_mode == "squash":
+                x = TF.resize(x, [self.crop, self.crop], interpolation=mode, antialias=True)
+            else:
+                x = TF.resize(x, [self.resize], interpolation=mode, antialias=True)  # shorter side, uint8
+                x = TF.center_crop(x, [self.crop, self.crop])
+            out[start : start + x.shape[0]] = x
         return out
 
     def normalise(self, resized: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@
   always give the same vocabulary and the same vector layout.
 - :class:`BowEncoder`: per-caption raw word counts over the vocabulary (no normalisation, as
   LAFF feeds them), and token ids for the GRU (``0`` = padding *and* unknown word, ``i + 1`` =
-  ``vocab.words[i]``).
+  ``vocab.words[i]``). Both read the first :data:`MAX_WORDS` (77) words of a caption.
 
 Vocabulary file: JSON ``{"format": "vidfuse-bow-vocab", "version": 1, "min_count": 5,
 "stopwords": [...], "words": [...], "counts": [...]}``. :meth:`BowVocabulary.load` also reads
@@ -51,6 +51,24 @@ DEFAULT_STOPWORDS: frozenset[str] = frozenset(
     weren't won won't wouldn wouldn't
     """.split()
 )
+
+
+# The GRU and the bag of words read at most this many words of a caption: the length CLIP's
+# text tower (and with it the LAFF code's CLIP tokenizer) cuts captions at. MSR-VTT captions
+# have about 9 words; one 10 MB caption would otherwise be a GRU sequence of 2M steps.
+MAX_WORDS = 77
+
+
+def capped_tokens(text: str) -> list[str]:
+    """The first :data:`MAX_WORDS` tokens of ``text``: what the GRU and the bag of words read."""
+    return tokenize(text)[:MAX_WORDS]
+
+
+def overlong(texts: Sequence[str]) -> list[tuple[int, int]]:
+    """(position, word count) of the texts longer than :data:`MAX_WORDS` words."""
+    # a text of at most MAX_WORDS characters cannot hold more words: most are never tokenized here
+    counts = ((i, len(tokenize(t))) for i, t in enumerate(texts) if len(t) > MAX_WORDS)
+    return [(i, n) for i, n in counts if n > MAX_WORDS]
 
 
 class VocabularyError(VidfuseError):
@@ -99,7 +117,7 @@ class BowVocabulary:
         stop = frozenset(stopwords)
         counter: Counter[str] = Counter()
         for text in texts:
-            counter.update(t for t in tokenize(text) if t not in stop)
+            counter.update(t for t in capped_tokens(text) if t not in stop)  # the words bow reads
         kept = sorted(((w, c) for w, c in counter.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
         if not kept:
             raise VocabularyError(
@@ -185,13 +203,22 @@ class BowEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``[N, |V|]``: how often each vocabulary word occurs in each text (raw counts)."""
-        out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
+        return self.encode_sparse(texts).toarray()
+
+    def encode_sparse(self, texts: Sequence[str]):
+        """The counts of :meth:`encode` as a ``scipy.sparse.csr_matrix`` (what shards store)."""
+        import scipy.sparse
+
         index = self.vocab.index
+        cols: list[int] = []
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
         for row, text in enumerate(texts):
-            for tok in tokenize(text):
-                col = index.get(tok)
-                if col is not None:
-                    out[row, col] += 1.0
+            cols.extend(c for c in (index.get(tok) for tok in capped_tokens(text)) if c is not None)
+            indptr[row + 1] = len(cols)
+        data = np.ones(len(cols), dtype=np.float32)
+        out = scipy.sparse.csr_matrix((data, np.asarray(cols, dtype=np.int32), indptr),
+                                      shape=(len(texts), len(self.vocab)))
+        out.sum_duplicates()  # a word twice in a caption: one entry holding 2
         return out
 
     def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +231,7 @@ class BowEncoder:
         ids: list[int] = []
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         for i, text in enumerate(texts):
-            ids.extend(index.get(tok, -1) + 1 for tok in tokenize(text))
+            ids.extend(index.get(tok, -1) + 1 for tok in capped_tokens(text))
             offsets[i + 1] = len(ids)
         return np.asarray(ids, dtype=np.int64), offsets
 

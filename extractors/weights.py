@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -37,6 +40,27 @@ def offline() -> bool:
     """True when the user asked not to touch the network."""
     flags = (os.environ.get("VIDFUSE_OFFLINE", ""), os.environ.get("HF_HUB_OFFLINE", ""))
     return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
+
+
+PROBE_TIMEOUT_S = 3.0  # a host that takes no TCP connection in this long is taken as unreachable
+
+
+def check_reachable(url: str) -> None:
+    """ConnectionError at once when ``url``'s host (or the proxy for it) takes no connection.
+
+    Why: offline, the download libraries retry for tens of seconds (Hugging Face's hub about 45 s,
+    printing each retry) before the clear weights error; one connection attempt says it in seconds.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConnectionError(f"no connection to {host}:{port} within {PROBE_TIMEOUT_S:.0f} s ({exc}); "
+                              "without network, VIDFUSE_OFFLINE=1 skips downloads") from None
 
 
 def looks_like_path(value: str) -> bool:
@@ -71,6 +95,7 @@ def hub_checkpoint_dir() -> Path:
 
 def download_url(url: str, destination: Path) -> None:
     """Fetch ``url`` to ``destination`` (a single point tests replace to simulate a network failure)."""
+    check_reachable(url)
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
     torch.hub.download_url_to_file(url, str(partial), progress=True)

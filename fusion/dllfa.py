@@ -123,15 +123,19 @@ class DllfaHead(RetrievalHead):
     def _rel_pairs(self, text_emb: Embedding, video_emb: Embedding, ti: torch.Tensor, vj: torch.Tensor) -> torch.Tensor:
         """s_rel of aligned pairs (text ``ti[p]``, video ``vj[p]``), ``[P]``."""
         out = []
-        scale = 1.0 / math.sqrt(self.dim)
         for s in range(0, ti.shape[0], self.cfg.pair_chunk):
             a_i, b_j = ti[s : s + self.cfg.pair_chunk], vj[s : s + self.cfg.pair_chunk]
-            logits = torch.einsum("pd,ptd->pt", text_emb["q"][a_i], video_emb["k"][b_j]).float() * scale
-            logits = logits.masked_fill(~video_emb["mask"][b_j], float("-inf"))
-            a = torch.softmax(logits, -1).to(video_emb["v"].dtype)
+            a = self.frame_attention(text_emb, video_emb, a_i, b_j)
             pooled = torch.einsum("pt,ptd->pd", a, video_emb["v"][b_j])
             out.append(self._relate(pooled, text_emb["t"][a_i]))
         return torch.cat(out) if out else text_emb["t"].new_zeros(0)
+
+    def frame_attention(self, text_emb: Embedding, video_emb: Embedding, ti: torch.Tensor, vj: torch.Tensor) -> torch.Tensor:
+        """Level-2 relevance weights a_i over the frames of video ``vj[p]`` for text ``ti[p]``,
+        ``[P, T]`` (0 on padding): which frames the relevance score looked at."""
+        logits = torch.einsum("pd,ptd->pt", text_emb["q"][ti], video_emb["k"][vj]).float() * (1.0 / math.sqrt(self.dim))
+        logits = logits.masked_fill(~video_emb["mask"][vj], float("-inf"))
+        return torch.softmax(logits, -1).to(video_emb["v"].dtype)
 
     def scores(self, text_emb: Embedding, video_emb: Embedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(s, s_temp, s_rel), each ``[Nt, Nv]``."""

@@ -20,12 +20,18 @@ import shutil
 import tempfile
 from typing import Any, Sequence
 
-import faiss
+try:
+    import faiss
+except ImportError:  # the install chose no FAISS build (pyproject extras `cpu` / `gpu`)
+    from vidfuse.errors import VidfuseError
+
+    raise VidfuseError("FAISS is not installed: pip install 'vidfuse[cpu]' (or 'vidfuse[gpu]' for CUDA 12)") from None
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vidfuse.errors import VidfuseError
+from vidfuse.files import as_umask_allows
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +421,7 @@ class VideoIndex:
         tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent)
         old = None
         try:
+            as_umask_allows(tmp)  # mkdtemp made it 0700: the index folder it becomes must not be
             idx_path = os.path.join(tmp, INDEX_FILE)
             faiss.write_index(self.cpu_index(), idx_path)
             _fsync_file(idx_path)

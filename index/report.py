@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vidfuse.files import as_umask_allows
+
 DIRECTIONS = (("t2v", "Text-to-video"), ("v2t", "Video-to-text"))
 TABLE_METRICS = ("R@1", "R@5", "R@10", "MedR", "mAP")
 SUMR_KEYS = ("R@1", "R@5", "R@10")
@@ -47,6 +49,7 @@ def _atomic_write(path: str, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        as_umask_allows(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

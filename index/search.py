@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from index.run_index import Run, load_index_for_run, rerank_hits
-from pipeline.extract_job import SOURCES_FILE
+from pipeline.features import SOURCES_FILE
 
 
 
@@ -65,24 +65,46 @@ class Searcher:
         return None
 
     def search(self, text: str, k: int = 10) -> list[Hit]:
+        return self.query(text, k).hits
+
+    def query(self, text: str, k: int = 10) -> "Query":
+        """The hits of one query, with what the head computed on the way (``vidfuse serve`` shows it)."""
         from fusion.encode import encode_bank
 
         bank = self.queries.bank([text])
         with torch.no_grad():
-            query = self.run.head.query_embedding(encode_bank(self.run.head, bank, "text")).float().cpu().numpy()
+            text_emb = encode_bank(self.run.head, bank, "text")
+            query = self.run.head.query_embedding(text_emb).float().cpu().numpy()
         depth = min(len(self.index), max(k, self.rerank_k if self.videos is not None else k))
         scores, positions = self.index.search_positions(query, depth)
+        first = scores
         if self.videos is not None:  # DLLFA stage 2: the full score of the retrieved candidates
             scores = rerank_hits(self.run.head, bank, self.videos, positions)
             order = np.argsort(-scores[0], kind="stable")
-            scores, positions = scores[:, order], positions[:, order]
-        hits = []
-        for rank, (score, pos) in enumerate(zip(scores[0][:k], positions[0][:k]), 1):
+            scores, positions, first = scores[:, order], positions[:, order], first[:, order]
+        found = Query(text, [], bank, text_emb, [], [])
+        for rank, (score, pos, gist) in enumerate(zip(scores[0][:k], positions[0][:k], first[0][:k]), 1):
             if pos < 0:
                 break
             video_id = self.index.ids[int(pos)]
-            hits.append(Hit(rank, video_id, float(score), self.video_path(video_id)))
-        return hits
+            found.hits.append(Hit(rank, video_id, float(score), self.video_path(video_id)))
+            found.positions.append(int(pos))
+            found.first_stage.append(float(gist))
+        return found
+
+
+@dataclass
+class Query:
+    """One query's hits and its intermediate results: the text inputs and their encoding, the
+    index rows of the hits, and each hit's stage-1 (index) score, which for a re-ranking head
+    (DLLFA: the gist score) differs from its full score."""
+
+    text: str
+    hits: list[Hit]
+    texts: object  # fusion.data.FeatureBank
+    text_emb: dict
+    positions: list[int]
+    first_stage: list[float]
 
 
 def format_hits(query: str, hits: Sequence[Hit]) -> str:

@@ -71,7 +71,8 @@ def read_bigfile(path: str) -> tuple[list[str], np.ndarray]:
 def write_bigfile(path: str, ids: Sequence[str], matrix: np.ndarray) -> None:
     """Write a BigFile folder: built in a hidden sibling folder, then renamed into place."""
     ids = [str(i) for i in ids]
-    matrix = np.asarray(matrix) if not isinstance(matrix, np.memmap) else matrix
+    if not isinstance(matrix, np.memmap) and not hasattr(matrix, "tocsr"):  # memmap, CSR: sliced below
+        matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != len(ids):
         raise BigFileError(f"write_bigfile {path}: matrix shape {matrix.shape} does not match {len(ids)} ids")
     bad = [i for i in ids if not i or any(c.isspace() for c in i)]
@@ -87,7 +88,9 @@ def write_bigfile(path: str, ids: Sequence[str], matrix: np.ndarray) -> None:
     try:
         with open(os.path.join(tmp, FEATURE_FILE), "wb") as handle:
             for start in range(0, len(ids), _ROWS_PER_WRITE):
-                np.ascontiguousarray(matrix[start : start + _ROWS_PER_WRITE], dtype=_DTYPE).tofile(handle)
+                block = matrix[start : start + _ROWS_PER_WRITE]
+                block = block.toarray() if hasattr(block, "toarray") else block  # sparse bow: dense on disk
+                np.ascontiguousarray(block, dtype=_DTYPE).tofile(handle)
         with open(os.path.join(tmp, ID_FILE), "w", encoding="utf-8") as handle:
             handle.write(" ".join(ids) + "\n")
         with open(os.path.join(tmp, SHAPE_FILE), "w", encoding="utf-8") as handle:

@@ -11,8 +11,13 @@ becomes a *note* (kind ``refusal``/``duplicate``) instead of an exception, so ev
 reports it the same way: the launcher reads the notes after the job and refuses the folder,
 and the decode step writes nothing while any refusal exists (see ``transforms``).
 
-``Done`` carries the extractor and the shard; a per-video fingerprint (size, mtime) read from
-the shards would be one more field here, compared in :class:`_PlanFn` against the listing's.
+``Done`` carries the extractor, the shard and the row's recorded source fingerprint (size,
+mtime); :class:`_PlanFn` compares it with the file's as listed (``pipeline.fingerprints``). A
+row whose file changed since is *superseded*: its video is pending again, and a note
+(``superseded``) tells the launcher to drop that row after the run (``fingerprints.drop_rows``,
+only from the shard the note names, so the new row stays). A killed run that wrote the new row
+but did not drop the old one leaves both: the next run notes the stale one again. A file still
+being written (its fingerprint moves while looked at) is left for a later run (``still_written``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Done:
 
     extractor: str
     shard: str  # file name (first format), as refusals name it
+    source: tuple[int, int] | None = None  # (size, mtime ns) of the file the row was read from
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class VideoTask:
     video_id: str
     path: str
     pending: tuple[str, ...]
+    source: tuple[int, int] | None = None  # (size, mtime ns) as listed, recorded in the rows
 
 
 def refusal(message: str) -> dict:
@@ -74,18 +81,17 @@ class _ShardIdsFn(beam.DoFn):
         self.read = Metrics.counter(METRICS_NAMESPACE, f"{name}_rows_present")
 
     def process(self, paths: tuple[str, ...]) -> Iterator[Any]:
-        from pipeline.shards import ShardError, checked_ids
+        from pipeline.shards import ShardError, checked_rows
 
         shard = posixpath.basename(paths[0])
         try:
-            ids = checked_ids(paths, self.manifest)
+            rows = checked_rows(paths, self.manifest)
         except ShardError as exc:
             yield beam.pvalue.TaggedOutput(NOTES_TAG, refusal(str(exc)))
             return
-        done = Done(self.name, shard)
-        for video_id in ids:
+        for video_id, source in rows:
             self.read.inc()
-            yield video_id, done
+            yield video_id, Done(self.name, shard, source)
 
 
 class ReadDoneIds(beam.PTransform):
@@ -111,7 +117,8 @@ class _PlanFn(beam.DoFn):
     Rules, as before the job moved onto the workers: of several files with one id the first
     path (sorted) keeps it and the others are dead letters (only while the id is pending); an
     old errors.jsonl entry stays while its video has not been extracted since, or when its path
-    lost the id to another file.
+    lost the id to another file. Rows whose recorded source differs from the file's current
+    fingerprint are superseded (see the module docstring); a file still being written is left.
     """
 
     def __init__(self, names: Sequence[str], out_dirs: Mapping[str, str]):
@@ -121,16 +128,36 @@ class _PlanFn(beam.DoFn):
         self.skipped = Metrics.counter(METRICS_NAMESPACE, "videos_skipped")
         self.pending = Metrics.counter(METRICS_NAMESPACE, "videos_pending")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "videos_failed")
+        self.reextracted = Metrics.counter(METRICS_NAMESPACE, "videos_reextracted")
+        self.still_written = Metrics.counter(METRICS_NAMESPACE, "videos_still_written")
 
     def process(self, element: tuple[str, Mapping[str, Any]]) -> Iterator[Any]:
         from pipeline.captions import captionable
+        from pipeline.fingerprints import still_changing
         from pipeline.transforms import DeadLetter
 
         video_id, groups = element
-        paths = sorted(groups["paths"])
+        listed = sorted(groups["paths"])  # (path, fingerprint as listed)
+        paths = [path for path, _ in listed]
+        current = listed[0][1] if listed else None
+        if current is not None and still_changing({video_id: paths[0]}, {video_id: current}):
+            self.found.inc(len(paths))
+            self.still_written.inc()
+            yield beam.pvalue.TaggedOutput(NOTES_TAG, {"kind": "still_written", "video_id": video_id})
+            for record in groups["errors"]:  # untouched until a run looks at the finished file
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, record)
+            return
         owners: dict[str, list[str]] = {}
+        superseded = set()
         for done in groups["done"]:
-            owners.setdefault(done.extractor, []).append(done.shard)
+            if current is not None and done.source is not None and done.source != current:
+                superseded.add(done.extractor)
+                yield beam.pvalue.TaggedOutput(NOTES_TAG, {
+                    "kind": "superseded", "extractor": done.extractor, "video_id": video_id, "shard": done.shard})
+            else:
+                owners.setdefault(done.extractor, []).append(done.shard)
+        if any(name not in owners for name in superseded):
+            self.reextracted.inc()
         for name, shards in sorted(owners.items()):
             if len(shards) > 1:
                 shards = sorted(shards)
@@ -157,7 +184,7 @@ class _PlanFn(beam.DoFn):
             for name in pending:
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
                     path, video_id, name, "match", f"video id {video_id!r} is already taken by {paths[0]}").record())
-        yield beam.pvalue.TaggedOutput(TODO_TAG, VideoTask(video_id, paths[0], pending))
+        yield beam.pvalue.TaggedOutput(TODO_TAG, VideoTask(video_id, paths[0], pending, current))
 
 
 class PlanVideos(beam.PTransform):

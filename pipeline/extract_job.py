@@ -13,6 +13,7 @@ import logging
 import os
 import posixpath
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.config import ExtractConfig
+from pipeline.features import SOURCES_FILE
 from pipeline.job_lock import exclusive_folder
 from pipeline.transforms import ExtractFeatures
 from pipeline.video_files import NoVideosError, first_video, is_local, normalise_dir
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 ERRORS_FILE = "errors.jsonl"
 DEAD_LETTERS_DIR = "_dead_letters"  # this run's dead-letter files until merged into errors.jsonl
-SOURCES_FILE = "sources.json"  # video folders extracted into this features folder
 KNOWN_FORMATS = ("parquet", "hdf5")
 
 
@@ -48,6 +49,8 @@ class ExtractSummary:
     failed: int
     rows_added: dict[str, int] = field(default_factory=dict)
     errors_path: str = ""
+    reextracted: int = 0  # videos changed on disk since their rows were written, extracted again
+    still_written: int = 0  # videos modified in the last seconds, left for a later run
     launcher_seconds: float = 0.0  # the launcher's own work: before and after the workers' run
     launcher_peak_rss: int = 0  # bytes, the launcher process's peak before the workers' run (Linux)
 
@@ -55,7 +58,59 @@ class ExtractSummary:
         text = f"{self.total} videos: {self.done} done, {self.skipped} skipped (already extracted), {self.failed} failed"
         if self.failed:
             text += f" (see {self.errors_path})"
+        if self.reextracted:
+            text += f", {self.reextracted} re-extracted (changed since their extraction)"
+        if self.still_written:
+            text += f", {self.still_written} left for a later run (modified in the last seconds)"
         return text
+
+
+# The Python minor the worker image (Dockerfile ARG PYTHON_VERSION) runs; its Beam is pyproject's pin.
+WORKER_IMAGE_PYTHON = "3.12"
+_IMAGE_OPTIONS = ("sdk_container_image", "environment_config")
+
+
+def unknown_beam_flags(beam_args: Sequence[str]) -> list[str]:
+    """Arguments of ``beam_args`` that no Beam PipelineOptions class defines, parsed by Beam's
+    own options parser (a mistyped vidfuse option lands here too: ``--extractros clip`` must
+    not run every extractor in silence)."""
+    parsers = []
+    PipelineOptions(list(beam_args)).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(beam_args))
+    return unknown
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """A runner Beam cannot build is one clear line before any folder is made (an unknown name,
+    or a ``module.Class`` whose module does not import)."""
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner or ""
+    if name.lower() in ("directrunner", "direct"):
+        return
+    try:
+        create_runner(name)
+    except ImportError as exc:
+        raise ConfigError(f"--runner={name}: cannot import it ({exc}); is its package installed?") from None
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"--runner={name}: {str(exc).splitlines()[0]}") from None
+
+
+def worker_image_warning(options: PipelineOptions, launcher: tuple[int, int] = sys.version_info[:2]) -> str | None:
+    """What to say when workers run in vidfuse's image and this launcher's Python is another minor.
+
+    Beam's SDK harness in a custom container must run the launcher's Python minor and Beam
+    version; the Beam version is pinned (pyproject), the image's Python is WORKER_IMAGE_PYTHON.
+    """
+    given = options.get_all_options(drop_default=True)
+    if not any(given.get(name) for name in _IMAGE_OPTIONS):
+        return None
+    mine = f"{launcher[0]}.{launcher[1]}"
+    if mine == WORKER_IMAGE_PYTHON:
+        return None
+    return (f"this launcher runs Python {mine}, vidfuse's worker image (Dockerfile) Python {WORKER_IMAGE_PYTHON} with "
+            f"apache-beam {beam.version.__version__}: workers must run the launcher's Python minor; build the image "
+            f"with --build-arg PYTHON_VERSION={mine}, or launch from Python {WORKER_IMAGE_PYTHON}")
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -65,11 +120,18 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
     downloads a binary at start-up. A single DirectRunner worker runs inside this process
     (``in_memory``) unless ``--direct_running_mode`` says otherwise: a worker process would
     add only its start-up (Python, Beam, torch imports, model builds: seconds per run).
+    Worker processes log at the launcher's level (``--default_sdk_harness_log_level``).
     """
     args = list(beam_args)
+    unknown = unknown_beam_flags(args)
+    if unknown:
+        raise ConfigError(f"unrecognized arguments: {' '.join(unknown)} (neither a vidfuse option nor a Beam pipeline option)")
     given = lambda flag: any(a == flag or a.startswith(flag + "=") for a in args)  # noqa: E731
     if not given("--runner"):
         args.append("--runner=DirectRunner")
+    if not given("--default_sdk_harness_log_level"):
+        level = logging.getLogger("apache_beam").getEffectiveLevel()
+        args.append(f"--default_sdk_harness_log_level={logging.getLevelName(level)}")
     runner = PipelineOptions(args).view_as(StandardOptions).runner or ""
     if runner.lower() in ("directrunner", "direct"):
         if not given("--direct_num_workers"):
@@ -77,7 +139,17 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
         if not given("--direct_running_mode"):
             workers = PipelineOptions(args).view_as(DirectOptions).direct_num_workers
             args.append("--direct_running_mode=" + ("in_memory" if workers == 1 else "multi_processing"))
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    check_runner(options)
+    warning = worker_image_warning(options)
+    if warning:
+        log.warning(warning)
+    return options
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    """Whether the workers run on this machine (the DirectRunner), so its devices are theirs."""
+    return (options.view_as(StandardOptions).runner or "").lower() in ("directrunner", "direct")
 
 
 def pipeline_runner(options: PipelineOptions):
@@ -99,7 +171,30 @@ def pipeline_runner(options: PipelineOptions):
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return _fn_api_runner_class()(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def _fn_api_runner_class():
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms import environments
+
+    class QuietWorkersFnApiRunner(fn_runner.FnApiRunner):
+        """The FnApiRunner, with its worker processes (``multi_processing``) started through
+        :mod:`pipeline.beam_worker`, so they log at the launcher's level instead of Beam's INFO."""
+
+        @property
+        def _default_environment(self):
+            return self.__dict__.get("_vidfuse_environment")
+
+        @_default_environment.setter
+        def _default_environment(self, environment) -> None:
+            if isinstance(environment, environments.SubprocessSDKEnvironment):
+                environment = environments.SubprocessSDKEnvironment.from_command_string(
+                    f"{sys.executable} -m pipeline.beam_worker"
+                )
+            self.__dict__["_vidfuse_environment"] = environment
+
+    return QuietWorkersFnApiRunner
 
 
 def worker_torch_threads(options: PipelineOptions) -> int | None:
@@ -406,6 +501,35 @@ def prepare_extraction(
                        posixpath.join(dead_dir, f"run-{run_id}"), posixpath.join(dead_dir, f"notes-{run_id}"))
 
 
+def _shown(ids: Sequence[str]) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+
+
+def _replace_superseded(notes: Sequence[dict], out_dirs: dict[str, str], manifests: dict) -> None:
+    """After the run: drop the rows the workers found superseded (their video's file changed
+    since; the run extracted it again), from the shards the notes name only, so the new row
+    stays; and say which videos were left because their file is still being written."""
+    from pipeline.fingerprints import drop_rows
+    from pipeline.shards import shard_stem
+
+    fresh = sorted({n["video_id"] for n in notes if n["kind"] == "still_written"})
+    if fresh:
+        log.warning("%d video(s) still being written (size or time changed while looked at) are left for a "
+                    "later run: %s", len(fresh), _shown(fresh))
+    stale: dict[str, dict[str, set[str]]] = {}
+    for note in notes:
+        if note["kind"] == "superseded":
+            by_shard = stale.setdefault(note["extractor"], {})
+            by_shard.setdefault(shard_stem(note["shard"]), set()).add(note["video_id"])
+    changed = sorted({v for by_shard in stale.values() for ids in by_shard.values() for v in ids})
+    if changed:
+        log.warning("%d video(s) changed on disk since they were extracted: extracted them again: %s",
+                    len(changed), _shown(changed))
+    for name, by_shard in sorted(stale.items()):
+        drop_rows(out_dirs[name], by_shard, manifests[name])
+
+
 def run_extraction(
     video_dir: str,
     out_dir: str,
@@ -420,7 +544,7 @@ def run_extraction(
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
     from pipeline.manifest import write_manifest
     from pipeline.progress import job_progress
-    from pipeline.shards import list_shards
+    from pipeline.shards import list_shards, shard_stem
 
     names = list(extractors or config.extractors.keys())
     missing = [n for n in names if n not in config.extractors]
@@ -429,6 +553,10 @@ def run_extraction(
             f"extractor(s) {missing} have no settings in the config (it defines {sorted(config.extractors)})"
         )
     formats = _check_formats(list(formats or config.output.formats))
+    if runs_locally(beam_options(beam_args)):  # remote workers have their own devices; local ones are this machine's
+        from extractors.base import resolve_device
+
+        resolve_device(device)
 
     with exclusive_folder(out_dir, "extract job"):
         started = time.perf_counter()
@@ -445,12 +573,13 @@ def run_extraction(
             _remove_tree(job.dead_dir)
             _refuse_if_noted(notes)
         _warn_uncaptionable(notes)
+        _replace_superseded(notes, job.out_dirs, job.manifests)
         if not counters.get("videos_found"):  # listed by the workers; the launcher saw one video
             _remove_tree(job.dead_dir)
             raise NoVideosError(f"no videos found under {video_dir} (the job's workers listed none)")
         for n in names:
             job.manifests[n].shards = sorted(
-                {posixpath.basename(posixpath.splitext(p)[0]) for f in formats for p in list_shards(job.out_dirs[n], f)}
+                {shard_stem(p) for f in formats for p in list_shards(job.out_dirs[n], f)}
             )
             write_manifest(job.out_dirs[n], job.manifests[n])
         errors_path = _merge_dead_letters(out_dir, job.dead_prefix)
@@ -467,4 +596,6 @@ def run_extraction(
         errors_path=errors_path,
         launcher_seconds=launcher_seconds,
         launcher_peak_rss=peak_rss,
+        reextracted=counters.get("videos_reextracted", 0),
+        still_written=counters.get("videos_still_written", 0),
     )

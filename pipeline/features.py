@@ -4,7 +4,8 @@ Loading validates everything a trainer would otherwise trip over much later: the
 exists and names the feature set asked for, every shard carries that manifest's hash and dim,
 its copy in the other format agrees with it, ids are unique across shards, and no row that is
 used holds NaN/inf. Video-level vectors are read eagerly into one preallocated [N, D] array (no
-second copy); frame matrices, which are T times larger, are read on first use.
+second copy), or, for sparse shards (bow counts), into one ``scipy.sparse.csr_matrix``; frame
+matrices, which are T times larger, are read on first use.
 
 NaN/inf rows are refused, never skipped: a stage that silently drops a video trains or indexes
 on other data than the user named (a benchmark over fewer test videos is not comparable). The
@@ -19,9 +20,9 @@ import logging
 from typing import Callable, Sequence
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import FileSystems
 
-from pipeline.manifest import Manifest, read_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, read_manifest
 from pipeline.shards import (
     FORMAT_EXTENSIONS,
     FeatureSetError,
@@ -33,6 +34,8 @@ from pipeline.shards import (
     list_shards,
     normalize_format,
     open_shard,
+    shard_path,
+    shard_stem,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureSet", "FeatureSetError", "ShardError", "MissingIdError", "load_feature_set", "read_feature_manifest"]
 
 _SHOW = 5
+SOURCES_FILE = "sources.json"  # video folders extracted into a features folder (search shows their paths)
 
 
 class MissingIdError(FeatureSetError, KeyError):
@@ -57,6 +61,9 @@ def _examples(items: Sequence[str], total: int | None = None) -> str:
 
 def _nonfinite_rows(matrix: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Row numbers holding NaN/inf, checked in chunks so no [N, D] boolean temp is made."""
+    if hasattr(matrix, "indptr"):  # CSR (bow counts): only the stored values can be NaN/inf
+        bad = np.flatnonzero(~np.isfinite(matrix.data))
+        return np.unique(np.searchsorted(matrix.indptr, bad, side="right") - 1)
     bad = [np.flatnonzero(~np.isfinite(matrix[i : i + chunk]).all(axis=1)) + i for i in range(0, len(matrix), chunk)]
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
@@ -125,8 +132,9 @@ class FeatureSet:
             ) from None
 
     def get(self, video_id: str) -> np.ndarray:
-        """[D] video-level vector."""
-        return self.features[self.index_of(video_id)]
+        """[D] video-level vector (dense, also for a sparse set)."""
+        row = self.features[self.index_of(video_id)]
+        return row.toarray()[0] if hasattr(row, "toarray") else row
 
     def where(self, i: int) -> str:
         """``<shard file> row <r>``: where row ``i`` of this set is stored."""
@@ -254,8 +262,15 @@ def _twin_paths(path: str, fmt: str, manifest: Manifest) -> list[str]:
     required = list(dict.fromkeys(normalize_format(f) for f in manifest.formats))
     if fmt not in required:
         return []
-    stem = path[: -len(FORMAT_EXTENSIONS[fmt])]
-    return [stem + FORMAT_EXTENSIONS[f] for f in required if f != fmt]
+    prefix = path[: len(path) - len(FileSystems.split(path)[1])]  # the folder, as the path spells it
+    return [_twin_on_disk(prefix, shard_stem(path), f) for f in required if f != fmt]
+
+
+def _twin_on_disk(prefix: str, stem: str, fmt: str) -> str:
+    """A shard's file in ``fmt``: its current name, or the older one (HDF5 twins without '_')."""
+    path = prefix + FileSystems.split(shard_path("", stem, fmt))[1]
+    older = prefix + stem + FORMAT_EXTENSIONS[fmt]
+    return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
 
 
 def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
@@ -276,29 +291,40 @@ def _pick_format(path: str, fmt: str | None) -> tuple[str, list[str]]:
     )
 
 
-def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str) -> list[str]:
-    """Shards the manifest names that are not complete on disk.
+def _shard_file_exists(folder: str, stem: str, fmt: str) -> bool:
+    """Whether shard ``stem`` has its ``fmt`` file, under today's name or an older folder's."""
+    fmt = normalize_format(fmt)
+    return any(FileSystems.exists(p) for p in (shard_path(folder, stem, fmt),
+                                              FileSystems.join(folder, stem + FORMAT_EXTENSIONS[fmt])))
 
-    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every format).
+
+def _listed_but_missing(listed: Sequence[str], paths: Sequence[str], fmt: str, folder: str,
+                        formats: Sequence[str]) -> list[str]:
+    """Files of shards the manifest names that are not complete on disk.
+
+    Entries are basenames (``part-0.parquet``: that format only) or stems (``part-0``: every
+    format of ``formats``); for a stem, the files named are the formats it lacks (a deleted
+    ``.h5`` twin is named, not the ``.parquet`` that is there).
     """
     ext = FORMAT_EXTENSIONS[fmt]
-    present = {FileSystems.split(p)[1] for p in paths}
-    stems = {name[: -len(ext)] for name in present}
+    stems = {shard_stem(p) for p in paths}
     missing = []
     for entry in listed:
-        if entry.endswith(ext):
-            if entry not in present:
+        if entry.endswith(tuple(FORMAT_EXTENSIONS.values())):
+            if entry.endswith(ext) and shard_stem(entry) not in stems:
                 missing.append(entry)
-        elif not entry.endswith(tuple(FORMAT_EXTENSIONS.values())) and entry not in stems:
-            missing.append(entry + ext)
+            continue  # that format's file (or another format's)
+        if entry in stems:
+            continue
+        lacking = [FileSystems.split(shard_path(folder, entry, f))[1]
+                   for f in (formats or [fmt]) if not _shard_file_exists(folder, entry, f)]
+        missing.extend(lacking or [FileSystems.split(shard_path("", entry, fmt))[1]])
     return missing
 
 
 def _stem(path: str) -> str:
-    """``part-0`` of ``.../part-0.parquet``, ``part-0.h5`` or ``part-0`` (manifests list either)."""
-    base = FileSystems.split(path)[1]
-    ext = next((e for e in FORMAT_EXTENSIONS.values() if base.endswith(e)), "")
-    return base[: len(base) - len(ext)]
+    """``part-0`` of a shard file or of a manifest entry (manifests list stems or file names)."""
+    return shard_stem(path)
 
 
 def read_feature_manifest(path: str, name: str | None = None) -> Manifest:
@@ -308,11 +334,11 @@ def read_feature_manifest(path: str, name: str | None = None) -> Manifest:
         if not FileSystems.exists(path):
             raise FeatureSetError(f"feature folder {path} does not exist")
         raise FeatureSetError(
-            f"{path}: no manifest.json; not a vidfuse feature folder, or its extraction never finished"
+            f"{path}: no {MANIFEST_NAME}; not a vidfuse feature folder, or its extraction never finished"
         )
     if name is not None and manifest.name != name:
         raise FeatureSetError(
-            f"{path}: manifest.json describes feature set {manifest.name!r}, not {name!r} "
+            f"{path}: {MANIFEST_NAME} describes feature set {manifest.name!r}, not {name!r} "
             "(a folder copied or renamed from another feature set?)"
         )
     return manifest
@@ -329,11 +355,17 @@ def load_feature_set(
     """
     path = path.rstrip("/") if len(path) > 1 else path
     manifest = read_feature_manifest(path, name)
-    fmt, paths = _pick_format(path, fmt)
-    listed_missing = _listed_but_missing(manifest.shards, paths, fmt)
+    try:
+        fmt, paths = _pick_format(path, fmt)
+    except FeatureSetError:  # no complete shard: say which listed file went missing, if one did
+        picked = normalize_format(fmt or (manifest.formats or ["parquet"])[0])
+        if not _listed_but_missing(manifest.shards, [], picked, path, manifest.formats):
+            raise
+        fmt, paths = picked, []
+    listed_missing = _listed_but_missing(manifest.shards, paths, fmt, path, manifest.formats)
     if listed_missing:
         raise FeatureSetError(
-            f"{path}: manifest.json lists shard(s) missing from the folder: {_examples(listed_missing)}; "
+            f"{path}: {MANIFEST_NAME} lists shard(s) missing from the folder: {_examples(listed_missing)}; "
             "deleted or lost? rerun the extraction into this folder to re-extract their rows"
         )
     listed = {_stem(entry) for entry in manifest.shards}
@@ -358,9 +390,14 @@ def load_feature_set(
             raise ShardError(f"{path}: some shards have frame matrices and others do not, e.g. without: {lacking[:3]}")
         has_frames = bool(with_frames) and all(with_frames)
         total = sum(r.num_rows for r in readers)
+        sparse = [r.sparse for r in readers]
+        if any(sparse) and not all(sparse):
+            lacking = [r.path for r in readers if not r.sparse]
+            raise ShardError(f"{path}: some shards hold sparse vectors and others dense ones, e.g. dense: {lacking[:3]}")
 
         # Pass 2: vectors and small per-row data, straight into preallocated arrays.
-        features = np.empty((total, dim), dtype=np.float32)
+        features = np.empty((0 if any(sparse) else total, dim), dtype=np.float32)
+        sparse_parts = []
         num_frames = np.empty(total, dtype=np.int64)
         all_ids: list[str] = []
         owner: dict[str, str] = {}
@@ -376,7 +413,10 @@ def load_feature_set(
                     owner[video_id] = reader.path
             start, stop = starts[k], starts[k] + reader.num_rows
             starts[k + 1] = stop
-            features[start:stop] = reader.read_features(dim)
+            if reader.sparse:
+                sparse_parts.append(reader.read_sparse(dim))
+            else:
+                features[start:stop] = reader.read_features(dim)
             num_frames[start:stop] = reader.read_num_frames()
             values, offsets = reader.read_frame_indices()
             index_values.append(values)
@@ -388,6 +428,10 @@ def load_feature_set(
 
     if duplicates:
         raise duplicate_ids_error(path, duplicates)
+    if sparse_parts:
+        import scipy.sparse
+
+        features = scipy.sparse.vstack(sparse_parts, format="csr", dtype=np.float32)
     index_offsets = np.zeros(total + 1, np.int64)
     if total:
         np.cumsum(np.concatenate(index_lengths), out=index_offsets[1:])

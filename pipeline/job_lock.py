@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import time
 from typing import Iterator
 
@@ -59,6 +60,24 @@ def leftover_writers(lock_path: str) -> list[int]:
         if mark in environ.split(b"\0"):
             found.append(int(entry))
     return sorted(found)
+
+
+def stop_workers() -> list[int]:
+    """Kill the processes the job holding a folder in this process started (they carry its mark).
+
+    Why: interrupted (Ctrl-C, SIGTERM), Beam's runner waits for its worker processes to end,
+    and they wait for work: the job hung, or the workers printed tracebacks once it was gone.
+    Killed, they write nothing more; what a killed worker left (temp files, a shard missing its
+    twin) the rerun removes, as after any kill.
+    """
+    lock_path = os.environ.get(ENV_MARK)
+    if not lock_path:
+        return []
+    pids = leftover_writers(lock_path)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def _wait_for_leftovers(lock_path: str, path: str, what: str, wait_s: float) -> None:

@@ -18,14 +18,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import UNCOMPRESSED, FileSystems
 
 from vidfuse.errors import VidfuseError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
+# A leading "_": Arrow's dataset reader (pd.read_parquet(folder), pq.read_table) skips the file.
+MANIFEST_NAME = "_manifest.json"
+LEGACY_MANIFEST_NAME = "manifest.json"  # folders written before; read, and replaced on the next write
 KINDS = ("video", "text")
 LEVELS = ("frame", "clip", "video", "sentence")
 
@@ -152,26 +153,31 @@ def manifest_path(out_dir: str) -> str:
 
 
 def write_manifest(out_dir: str, manifest: Manifest) -> None:
-    """Write ``<out_dir>/manifest.json`` atomically: a temp file, then a rename over the old one."""
+    """Write ``<out_dir>/_manifest.json`` atomically: a temp file, then a rename over the old one."""
     manifest.validate()
     final = manifest_path(out_dir)
     tmp = FileSystems.join(out_dir, f".tmp-{uuid.uuid4().hex[:12]}-{MANIFEST_NAME}.partial")
     payload = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
-    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.create(tmp, compression_type=UNCOMPRESSED) as handle:
         handle.write(payload.encode("utf-8"))
     if FileSystems.exists(final) and FileSystems.get_scheme(final) not in (None, "file"):
         # Object stores do not rename over an existing object.
         FileSystems.delete([final])
     FileSystems.rename([tmp], [final])
+    legacy = FileSystems.join(out_dir, LEGACY_MANIFEST_NAME)
+    if FileSystems.exists(legacy):  # an older folder: its manifest now has the new name
+        FileSystems.delete([legacy])
 
 
 def read_manifest(out_dir: str) -> Manifest | None:
     """The folder's manifest, or None when it has none; a malformed one is a ManifestError."""
     path = manifest_path(out_dir)
     if not FileSystems.exists(path):
+        path = FileSystems.join(out_dir, LEGACY_MANIFEST_NAME)
+    if not FileSystems.exists(path):
         return None
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with FileSystems.open(path, compression_type=UNCOMPRESSED) as handle:
             data = json.loads(handle.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None

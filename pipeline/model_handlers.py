@@ -91,6 +91,7 @@ class VideoModelHandler(ModelHandler):
                 frames=unit_features.astype(np.float32),
                 num_frames=video.num_frames,
                 frame_indices=np.asarray(video.indices, dtype=np.int64).ravel(),
+                source=video.source,
             )
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import posixpath
 from typing import Sequence
 
 from fusion.data import FeatureBank
-from pipeline.text_job import VOCAB_FILE, encoder_from_manifest, text_feature_dir
+from pipeline.text_job import encoder_from_manifest, text_feature_dir, vocab_path
 from pipeline.training_set import LEARNED_TEXT_FEATURES
 
 
@@ -24,7 +23,7 @@ class QueryEncoder:
         if any(name in LEARNED_TEXT_FEATURES for name in text_names):
             from extractors.text_bow import BowEncoder, BowVocabulary
 
-            vocab = BowVocabulary.load(posixpath.join(text_feature_dir(features_dir, "bow"), VOCAB_FILE))
+            vocab = BowVocabulary.load(vocab_path(text_feature_dir(features_dir, "bow")))
             self.tokenizer = BowEncoder(vocab)
             self.vocab_size = len(vocab) + 1
 

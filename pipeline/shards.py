@@ -11,6 +11,11 @@ Layout (DESIGN §4):
   ``frame_indices_offsets`` [N+1] int64 (row i is ``frame_indices[off[i]:off[i+1]]``; an empty
   range when unknown), and for frame-/clip-level features ``frames`` [sum T_i, D] float32 with
   ``offsets`` [N+1] int64. File attributes: ``manifest_hash``, ``vidfuse_format``, ``dim``.
+* Sparse rows (bag-of-words counts, mostly zeros: dense they are captions x vocabulary float32,
+  8 GB for 200k x 10k) replace ``feature`` by CSR parts. Parquet: ``feature_indices``
+  list<int32> and ``feature_values`` list<float32> (metadata ``sparse`` = ``1``); HDF5:
+  ``feature_indices`` [nnz] int32, ``feature_values`` [nnz] float32, ``feature_offsets`` [N+1]
+  int64 (attribute ``sparse`` = 1). Readers give them as a ``scipy.sparse.csr_matrix``.
 
 Integrity: Parquet pages carry CRC checksums and HDF5 numeric datasets the fletcher32 filter, both
 verified on read, so a damaged byte inside a shard is a ShardError naming it, never a wrong value.
@@ -23,36 +28,38 @@ an orphan that :func:`list_shards` and :func:`existing_ids` ignore (so a rerun r
 videos instead of duplicating them) and :func:`remove_incomplete_shards` deletes.
 
 All I/O goes through Beam's ``FileSystems`` so output folders may be on gs://, s3://, hdfs://...
-HDF5 cannot stream to an object store, so for non-local folders it is written to a local temp file
-and copied.
+HDF5 cannot stream to an object store, so every HDF5 shard is built in memory and written as
+bytes (which also makes a full disk a plain OSError of a write).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import UNCOMPRESSED, FileSystems
 
 from vidfuse.errors import VidfuseError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_EXTENSIONS = {"parquet": ".parquet", "hdf5": ".h5"}
+# HDF5 twins start with "_", so Arrow's dataset reader (pd.read_parquet(folder)) skips them;
+# folders written before hold them without it, and are read as they are.
+FORMAT_PREFIXES = {"parquet": "", "hdf5": "_"}
 _FORMAT_ALIASES = {"parquet": "parquet", "pq": "parquet", "hdf5": "hdf5", "h5": "hdf5"}
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".partial"
 MANIFEST_HASH_KEY = "manifest_hash"
+SOURCE_COLUMNS = ("source_size", "source_mtime_ns")  # optional, per row: the video file it was read from
 FORMAT_VERSION = 1
 _COPY_CHUNK = 16 << 20
 
@@ -74,6 +81,7 @@ class FeatureRow:
     frames: np.ndarray | None = None  # [T, D] float32 per-frame / per-clip matrix
     num_frames: int = 0  # frames in the source video (0: unknown)
     frame_indices: np.ndarray | None = None  # int64 sampled indices (flattened for clip windows)
+    source: tuple[int, int] | None = None  # (size, mtime ns) of the video file when it was read
 
 
 # --------------------------------------------------------------------------------------- names
@@ -98,7 +106,19 @@ def is_temp_name(path: str) -> bool:
 
 
 def shard_path(out_dir: str, shard_name: str, fmt: str) -> str:
-    return FileSystems.join(out_dir, shard_name + FORMAT_EXTENSIONS[normalize_format(fmt)])
+    fmt = normalize_format(fmt)
+    return FileSystems.join(out_dir, FORMAT_PREFIXES[fmt] + shard_name + FORMAT_EXTENSIONS[fmt])
+
+
+def shard_stem(path: str) -> str:
+    """``part-0`` of ``.../part-0.parquet``, ``.../_part-0.h5``, an older ``part-0.h5``, or ``part-0``."""
+    base = _basename(path)
+    for fmt, ext in FORMAT_EXTENSIONS.items():
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            prefix = FORMAT_PREFIXES[fmt]
+            return base[len(prefix):] if prefix and base.startswith(prefix) else base
+    return base
 
 
 def _is_local(path: str) -> bool:
@@ -109,21 +129,35 @@ def _is_local(path: str) -> bool:
 
 
 @dataclass
+class SparseRows:
+    """Rows whose vectors are mostly zeros (bow counts), written as CSR instead of FeatureRows.
+
+    Why: a dense [N, |V|] float32 block of 20k captions over a 10k vocabulary is 800 MB per
+    shard; its CSR form is the size of the captions' words.
+    """
+
+    ids: list[str]
+    matrix: Any  # scipy.sparse.csr_matrix [N, D] float32
+
+
+@dataclass
 class _Packed:
     """Rows as contiguous arrays, shared by both writers."""
 
     ids: list[str]
-    features: np.ndarray  # [N, D]
+    features: np.ndarray | None  # [N, D]; None for sparse rows
     num_frames: np.ndarray  # [N]
     index_values: np.ndarray  # [sum K]
     index_offsets: np.ndarray  # [N+1]
     index_present: np.ndarray  # [N] bool
     frames: np.ndarray | None  # [sum T, D]
     frame_offsets: np.ndarray | None  # [N+1]
+    sparse: Any = None  # scipy.sparse.csr_matrix [N, D] float32 (then features is None)
+    sources: np.ndarray | None = None  # [N, 2] int64 (size, mtime ns) of each row's video; -1 unknown
 
     @property
     def dim(self) -> int:
-        return int(self.features.shape[1])
+        return int((self.sparse if self.sparse is not None else self.features).shape[1])
 
 
 def _offsets(lengths: Sequence[int]) -> np.ndarray:
@@ -132,17 +166,36 @@ def _offsets(lengths: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _pack(rows: Sequence[FeatureRow]) -> _Packed:
-    """Validate rows (programming errors -> ValueError) and lay them out contiguously."""
-    if not rows:
+def _check_ids(ids: Sequence[str]) -> None:
+    if not ids:
         raise ValueError("write_shard: no rows to write")
-    ids = [r.video_id for r in rows]
     if any(not isinstance(i, str) or not i for i in ids):
         raise ValueError("write_shard: every video_id must be a non-empty string")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dups = sorted({i for i in ids if i in seen or seen.add(i)})
         raise ValueError(f"write_shard: duplicate video_id(s) in one shard: {dups[:5]}")
+
+
+def _pack_sparse(rows: SparseRows) -> _Packed:
+    ids = list(rows.ids)
+    _check_ids(ids)
+    matrix = rows.matrix.tocsr()
+    if matrix.ndim != 2 or matrix.shape[0] != len(ids) or matrix.shape[1] <= 0:
+        raise ValueError(f"write_shard: sparse matrix of shape {matrix.shape} for {len(ids)} ids")
+    matrix.sum_duplicates()
+    n = len(ids)
+    return _Packed(ids=ids, features=None, num_frames=np.zeros(n, np.int64), index_values=np.zeros(0, np.int64),
+                   index_offsets=np.zeros(n + 1, np.int64), index_present=np.zeros(n, bool), frames=None,
+                   frame_offsets=None, sparse=matrix.astype(np.float32))
+
+
+def _pack(rows: Sequence[FeatureRow] | SparseRows) -> _Packed:
+    """Validate rows (programming errors -> ValueError) and lay them out contiguously."""
+    if isinstance(rows, SparseRows):
+        return _pack_sparse(rows)
+    ids = [r.video_id for r in rows]
+    _check_ids(ids)
     features = [np.asarray(r.feature, dtype=np.float32) for r in rows]
     dim = features[0].shape[0] if features[0].ndim == 1 else -1
     bad = [r.video_id for r, f in zip(rows, features) if f.ndim != 1 or f.shape[0] != dim]
@@ -172,6 +225,8 @@ def _pack(rows: Sequence[FeatureRow]) -> _Packed:
         index_present=np.asarray([r.frame_indices is not None for r in rows]),
         frames=frames,
         frame_offsets=frame_offsets,
+        sources=np.asarray([r.source if r.source is not None else (-1, -1) for r in rows], dtype=np.int64)
+        if any(r.source is not None for r in rows) else None,
     )
 
 
@@ -197,10 +252,36 @@ def _shard_metadata(packed: _Packed, manifest_hash: str) -> dict[str, str]:
         "dim": str(packed.dim),
         "has_frames": "1" if packed.frames is not None else "0",
         "frame_rows": str(0 if packed.frames is None else packed.frames.shape[0]),
+        **({"sparse": "1"} if packed.sparse is not None else {}),
     }
 
 
+def _sparse_table(packed: _Packed, manifest_hash: str) -> pa.Table:
+    m, n = packed.sparse, len(packed.ids)
+    offsets = pa.array(m.indptr.astype(np.int32))
+    schema = pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("num_frames", pa.int64(), nullable=False),
+            pa.field("frame_indices", pa.list_(pa.int64())),
+            pa.field("feature_indices", pa.list_(pa.int32()), nullable=False),
+            pa.field("feature_values", pa.list_(pa.float32()), nullable=False),
+        ],
+        metadata=_shard_metadata(packed, manifest_hash),
+    )
+    columns = [
+        pa.array(packed.ids, pa.string()),
+        pa.array(packed.num_frames),
+        pa.nulls(n, type=pa.list_(pa.int64())),
+        pa.ListArray.from_arrays(offsets, pa.array(m.indices.astype(np.int32))),
+        pa.ListArray.from_arrays(offsets, pa.array(m.data.astype(np.float32))),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
+    if packed.sparse is not None:
+        return _sparse_table(packed, manifest_hash)
     n, dim = packed.features.shape
     schema = parquet_schema(dim, _shard_metadata(packed, manifest_hash))
     vector_type = pa.list_(pa.float32(), dim)
@@ -219,47 +300,59 @@ def _to_table(packed: _Packed, manifest_hash: str) -> pa.Table:
             pa.array(packed.frame_offsets.astype(np.int32)), inner, type=pa.list_(vector_type)
         )
     columns = [pa.array(packed.ids, pa.string()), pa.array(packed.num_frames), frame_indices, feature, frames]
+    if packed.sources is not None:  # which file (size, mtime) each row was read from: a rerun redoes changed ones
+        for k, name in enumerate(SOURCE_COLUMNS):
+            values = packed.sources[:, k]
+            columns.append(pa.array(values, pa.int64(), mask=values < 0))
+            schema = schema.append(pa.field(name, pa.int64()))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _write_parquet(path: str, packed: _Packed, manifest_hash: str) -> None:
     table = _to_table(packed, manifest_hash)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.create(path, compression_type=UNCOMPRESSED) as handle:
         pq.write_table(table, handle, write_page_checksum=True)  # a flipped byte is an error, not a value
 
 
-def _write_h5_file(local_path: str, packed: _Packed, manifest_hash: str) -> None:
+def _write_h5_file(target, packed: _Packed, manifest_hash: str) -> None:
     import h5py
 
-    with h5py.File(local_path, "w") as f:
+    with h5py.File(target, "w") as f:
         f.attrs[MANIFEST_HASH_KEY] = manifest_hash
         f.attrs["vidfuse_format"] = FORMAT_VERSION
         f.attrs["dim"] = packed.dim
         f.create_dataset("video_ids", data=packed.ids, dtype=h5py.string_dtype("utf-8"))
-        numbers = {"features": packed.features, "num_frames": packed.num_frames,
+        numbers = {"num_frames": packed.num_frames,
                    "frame_indices": packed.index_values, "frame_indices_offsets": packed.index_offsets}
+        if packed.sparse is not None:
+            f.attrs["sparse"] = 1
+            numbers.update(feature_indices=packed.sparse.indices.astype(np.int32),
+                           feature_values=packed.sparse.data.astype(np.float32),
+                           feature_offsets=packed.sparse.indptr.astype(np.int64))
+        else:
+            numbers["features"] = packed.features
         if packed.frames is not None:
             numbers.update(frames=packed.frames, offsets=packed.frame_offsets)
+        if packed.sources is not None:
+            numbers.update(zip(SOURCE_COLUMNS, np.ascontiguousarray(packed.sources.T)))
         for name, data in numbers.items():
             # fletcher32: a flipped byte is a read error, not a value (needs chunks: none when empty)
             f.create_dataset(name, data=data, fletcher32=bool(data.size))
 
 
 def _write_hdf5(path: str, packed: _Packed, manifest_hash: str) -> None:
-    if _is_local(path):
-        _write_h5_file(path, packed, manifest_hash)
-        return
-    # h5py needs a seekable file; object stores give append-only streams: write locally, copy.
-    fd, local = tempfile.mkstemp(suffix=".h5" + TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        _write_h5_file(local, packed, manifest_hash)
-        with open(local, "rb") as src, FileSystems.create(
-            path, compression_type=CompressionTypes.UNCOMPRESSED
-        ) as dst:
-            shutil.copyfileobj(src, dst, _COPY_CHUNK)
-    finally:
-        os.remove(local)
+    """Built in memory (one shard), then written as plain bytes.
+
+    Why: written in place, a full disk failed inside the HDF5 library's own flush, which left
+    the file open and crashed the process at exit; as bytes, it is an OSError of a write like
+    any other. Object stores (append-only streams, where h5py needs a seekable file) work alike.
+    """
+    buffer = io.BytesIO()
+    _write_h5_file(buffer, packed, manifest_hash)
+    view = buffer.getbuffer()
+    with FileSystems.create(path, compression_type=UNCOMPRESSED) as dst:
+        for start in range(0, len(view), _COPY_CHUNK):
+            dst.write(view[start : start + _COPY_CHUNK])
 
 
 _WRITERS = {"parquet": _write_parquet, "hdf5": _write_hdf5}
@@ -273,7 +366,7 @@ def new_shard_name() -> str:
 def write_shard(
     out_dir: str,
     shard_name: str,
-    rows: Sequence[FeatureRow],
+    rows: Sequence[FeatureRow] | SparseRows,
     formats: Sequence[str],
     manifest_hash: str,
 ) -> list[str]:
@@ -325,9 +418,12 @@ def _final_files(out_dir: str) -> dict[str, dict[str, str]]:
         found[fmt] = {}
         for meta in FileSystems.match([pattern])[0].metadata_list:
             base = _basename(meta.path)
-            if is_temp_name(base) or base.startswith((".", "_")) or not base.endswith(ext):
+            prefixed = bool(FORMAT_PREFIXES[fmt]) and base.startswith(FORMAT_PREFIXES[fmt])
+            if is_temp_name(base) or not base.endswith(ext) or (base.startswith((".", "_")) and not prefixed):
                 continue
-            found[fmt][base[: -len(ext)]] = meta.path
+            stem = shard_stem(base)
+            if prefixed or stem not in found[fmt]:  # the current name wins over an older one
+                found[fmt][stem] = meta.path
     return found
 
 
@@ -406,11 +502,21 @@ def checked_ids(paths: Sequence[str], manifest) -> list[str]:
     """The ids of one complete shard (``paths``: one per format), refused (ShardError naming the
     file) when a resume must not build on it: unreadable, written under another manifest than
     ``manifest`` (None: not checked), or a copy in another format unreadable or unlike it."""
+    return [video_id for video_id, _ in checked_rows(paths, manifest, sources=False)]
+
+
+def checked_rows(paths: Sequence[str], manifest, sources: bool = True) -> list[tuple[str, tuple[int, int] | None]]:
+    """(id, recorded source fingerprint or None) per row of one complete shard, checked as
+    :func:`checked_ids` says; ``sources=False`` reads the id column only."""
     with open_shard(paths[0]) as shard:
         if manifest is not None:
             check_header(shard, manifest)
         check_twins(shard, list(paths[1:]))
-        return shard.ids()
+        ids = shard.ids()
+        if not sources:
+            return [(video_id, None) for video_id in ids]
+        recorded = shard.read_sources().tolist()
+    return [(v, (size, mtime) if size >= 0 and mtime >= 0 else None) for v, (size, mtime) in zip(ids, recorded)]
 
 
 def existing_ids(out_dir: str, formats: Sequence[str] | None = None) -> set[str]:
@@ -464,6 +570,7 @@ class ShardReader:
     dim: int | None
     has_frames: bool
     frame_rows: int | None
+    sparse: bool = False  # CSR rows (bow counts); read them with read_sparse
 
     def __enter__(self) -> "ShardReader":
         return self
@@ -483,6 +590,33 @@ class ShardReader:
 
     def read_num_frames(self) -> np.ndarray:
         raise NotImplementedError
+
+    def _sparse_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(column indices, values, [N+1] offsets) of a sparse shard, as stored."""
+        raise NotImplementedError
+
+    def read_sources(self) -> np.ndarray:
+        """[N, 2] int64 (size, mtime ns) of the file each row was read from; -1 where not recorded."""
+        raise NotImplementedError
+
+    def read_sparse(self, dim: int):
+        """[N, dim] ``scipy.sparse.csr_matrix`` float32 of a sparse shard; bad parts name the file."""
+        import scipy.sparse
+
+        if not self.sparse:
+            raise ShardError(f"{self.path}: holds dense feature vectors, not sparse ones")
+        if self.dim != dim:
+            raise ShardError(f"{self.path}: sparse vectors have length {self.dim}, manifest dim is {dim}")
+        indices, values, offsets = self._sparse_parts()
+        if (len(offsets) != self.num_rows + 1 or offsets[0] != 0 or offsets[-1] != len(indices)
+                or len(values) != len(indices) or np.any(np.diff(offsets) < 0)):
+            raise ShardError(f"{self.path}: sparse feature parts do not fit together (corrupt)")
+        if len(indices) and (indices.min() < 0 or indices.max() >= dim):
+            raise ShardError(f"{self.path}: sparse column indices outside [0, {dim}) (corrupt)")
+        return scipy.sparse.csr_matrix(
+            (np.asarray(values, np.float32), np.asarray(indices, np.int32), np.asarray(offsets, np.int64)),
+            shape=(self.num_rows, dim),
+        )
 
     def read_frame_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(flat int64 values, [N+1] offsets)."""
@@ -509,17 +643,23 @@ class _ParquetShard(ShardReader):
             if _is_local(path):
                 self._file = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = pq.ParquetFile(self._stream, page_checksum_verification=True)
             schema = self._file.schema_arrow
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
         self.manifest_hash = meta.get(MANIFEST_HASH_KEY)
         self.num_rows = self._file.metadata.num_rows
-        missing = [c for c in ("video_id", "feature") if c not in schema.names]
+        self.sparse = "feature_indices" in schema.names
+        needed = ("video_id", "feature_values") if self.sparse else ("video_id", "feature")
+        missing = [c for c in needed if c not in schema.names]
         if missing:
             raise ShardError(f"{path}: not a feature shard (missing column(s) {missing})")
-        ftype = schema.field("feature").type
-        if pa.types.is_fixed_size_list(ftype):
+        ftype = None if self.sparse else schema.field("feature").type
+        if self.sparse:
+            if not meta.get("dim", "").isdigit():
+                raise ShardError(f"{path}: sparse shard without its 'dim' metadata (corrupt)")
+            self.dim = int(meta["dim"])
+        elif pa.types.is_fixed_size_list(ftype):
             self.dim = ftype.list_size
         elif pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
             self.dim = None
@@ -565,7 +705,20 @@ class _ParquetShard(ShardReader):
             values = column.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(values, dtype=np.float32).reshape(-1, dim)
 
+    def _sparse_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indices, values = self._column("feature_indices"), self._column("feature_values")
+        with _errors(self.path, "the sparse feature columns"):
+            if indices.null_count or values.null_count:
+                raise ShardError(f"{self.path}: rows without sparse feature parts (corrupt)")
+            offsets = _offsets_from_lengths(indices.value_lengths())
+            if not np.array_equal(offsets, _offsets_from_lengths(values.value_lengths())):
+                raise ShardError(f"{self.path}: sparse indices and values differ in length (corrupt)")
+            return (indices.flatten().to_numpy(zero_copy_only=False), values.flatten().to_numpy(zero_copy_only=False),
+                    offsets)
+
     def read_features(self, dim: int) -> np.ndarray:
+        if self.sparse:
+            return self.read_sparse(dim).toarray()
         column = self._column("feature")
         if column.null_count:
             bad = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
@@ -575,6 +728,13 @@ class _ParquetShard(ShardReader):
     def _ids_at(self, rows: np.ndarray) -> list[str]:
         ids = self.ids()
         return [ids[i] for i in rows]
+
+    def read_sources(self) -> np.ndarray:
+        out = np.full((self.num_rows, 2), -1, np.int64)
+        for k, name in enumerate(SOURCE_COLUMNS):
+            if name in self._columns:
+                out[:, k] = self._column(name).fill_null(-1).to_numpy(zero_copy_only=False)
+        return out
 
     def read_num_frames(self) -> np.ndarray:
         if "num_frames" not in self._columns:
@@ -609,19 +769,24 @@ class _HDF5Shard(ShardReader):
             if _is_local(path):
                 self._file = h5py.File(path, "r")
             else:
-                self._stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+                self._stream = FileSystems.open(path, compression_type=UNCOMPRESSED)
                 self._file = h5py.File(self._stream, "r")
-            missing = [k for k in ("video_ids", "features") if k not in self._file]
+            self.sparse = "feature_indices" in self._file
+            needed = ("video_ids", "feature_values", "feature_offsets") if self.sparse else ("video_ids", "features")
+            missing = [k for k in needed if k not in self._file]
             if missing:
                 raise ShardError(f"{path}: not a feature shard (missing dataset(s) {missing})")
             stored = self._file.attrs.get(MANIFEST_HASH_KEY)
             if isinstance(stored, bytes):
                 stored = stored.decode()
             self.manifest_hash = None if stored is None else str(stored)
-            shape = self._file["features"].shape
-            if len(shape) != 2:
-                raise ShardError(f"{path}: dataset 'features' has shape {shape}, expected [N, D]")
-            self.num_rows, self.dim = int(shape[0]), int(shape[1])
+            if self.sparse:
+                self.num_rows, self.dim = int(self._file["video_ids"].shape[0]), int(self._file.attrs["dim"])
+            else:
+                shape = self._file["features"].shape
+                if len(shape) != 2:
+                    raise ShardError(f"{path}: dataset 'features' has shape {shape}, expected [N, D]")
+                self.num_rows, self.dim = int(shape[0]), int(shape[1])
             self.has_frames = "frames" in self._file
             self.frame_rows = int(self._file["frames"].shape[0]) if self.has_frames else 0
 
@@ -647,10 +812,23 @@ class _HDF5Shard(ShardReader):
         self._check_rows("dataset 'video_ids'", len(ids))
         return ids
 
+    def _sparse_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indices, offsets = self._flat("feature_indices", "feature_offsets")
+        return indices, self._dataset("feature_values", len(indices)), offsets
+
     def read_features(self, dim: int) -> np.ndarray:
+        if self.sparse:
+            return self.read_sparse(dim).toarray()
         if self.dim != dim:
             raise ShardError(f"{self.path}: feature vectors have length {self.dim}, manifest dim is {dim}")
         return np.asarray(self._dataset("features", self.num_rows), dtype=np.float32)
+
+    def read_sources(self) -> np.ndarray:
+        out = np.full((self.num_rows, 2), -1, np.int64)
+        for k, name in enumerate(SOURCE_COLUMNS):
+            if name in self._file:
+                out[:, k] = self._dataset(name, self.num_rows)
+        return out
 
     def read_num_frames(self) -> np.ndarray:
         if "num_frames" not in self._file:

@@ -20,14 +20,16 @@ from tqdm import tqdm
 from pipeline.captions import Caption, read_captions
 from pipeline.config import TEXT_ENCODERS, ExtractConfig
 from pipeline.job_lock import exclusive_folder
-from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
+from pipeline.manifest import MANIFEST_NAME, Manifest, check_compatible, library_versions, read_manifest, write_manifest
 from pipeline.shards import (
     FeatureRow,
+    SparseRows,
     existing_ids,
     list_shards,
     new_shard_name,
     normalize_format,
     remove_incomplete_shards,
+    shard_stem,
     write_shard,
 )
 from pipeline.splits import find_split_files, read_split
@@ -36,7 +38,18 @@ from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.json"
+VOCAB_FILE = "_vocab.json"  # "_": Arrow's dataset reader skips it beside the shards
+LEGACY_VOCAB_FILE = "vocab.json"  # folders written before
+
+
+def vocab_path(bow_dir: str) -> str:
+    """The bag-of-words vocabulary of a ``text/bow`` folder (an older folder's name if that is what it has)."""
+    from pipeline.fs import FileSystems
+
+    path = posixpath.join(bow_dir, VOCAB_FILE)
+    older = posixpath.join(bow_dir, LEGACY_VOCAB_FILE)
+    return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
+SPARSE = "sparse"  # manifest extra["storage"] of a bow folder whose shards hold CSR counts
 
 
 def text_feature_dir(features_dir: str, encoder: str) -> str:
@@ -49,6 +62,18 @@ def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: st
     if not texts:
         raise VidfuseError(f"no caption of {captions_path} belongs to a video of the train split")
     return texts
+
+
+def warn_overlong(captions: Sequence[Caption]) -> None:
+    """One warning naming the first caption the GRU and bow cut at MAX_WORDS words (and how many more)."""
+    from extractors.text_bow import MAX_WORDS, overlong
+
+    cut = overlong([c.text for c in captions])
+    if cut:
+        first, words = cut[0]
+        more = f"; {len(cut) - 1} more caption(s) are cut too" if len(cut) > 1 else ""
+        log.warning("caption %s has %d words: the GRU and bow read its first %d%s", captions[first].caption_id,
+                    words, MAX_WORDS, more)
 
 
 def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
@@ -73,11 +98,12 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
         from extractors.text_bow import BowEncoder, BowVocabulary
 
         vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        warn_overlong(captions)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
-                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE})
-        return BowEncoder(vocab).encode, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE, "storage": SPARSE})
+        return BowEncoder(vocab).encode_sparse, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -89,6 +115,16 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
     raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
 
 
+def _refuse_dense_bow(folder: str, existing: Manifest) -> None:
+    """A bow folder of an earlier vidfuse holds dense rows: sparse shards must not join them."""
+    if existing.name == "text/bow" and existing.extra.get("storage") != SPARSE:
+        raise VidfuseError(
+            f"{folder}: holds bow vectors stored dense by an earlier vidfuse (captions x vocabulary float32); "
+            "training still reads it, but to add captions delete that folder and rerun "
+            "`vidfuse extract-text --encoders bow` (it now stores them sparse)"
+        )
+
+
 def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
     """The encode function that wrote ``folder`` (a ``text/<encoder>`` feature set), for new text.
 
@@ -97,7 +133,7 @@ def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequenc
     """
     manifest = read_manifest(folder)
     if manifest is None:
-        raise VidfuseError(f"no manifest.json in {folder}: run `vidfuse extract-text` first")
+        raise VidfuseError(f"no {MANIFEST_NAME} in {folder}: run `vidfuse extract-text` first")
     name = manifest.name.split("/", 1)[-1]
     if name == "clip":
         from extractors.registry import build_extractor
@@ -129,18 +165,26 @@ def _encode_missing(
     remove_incomplete_shards(out_dir, manifest.formats)  # what a killed run left
     present = existing_ids(out_dir, manifest.formats)
     todo = [c for c in captions if c.caption_id not in present]
+    del present
     written = 0
     with tqdm(total=len(todo), desc=f"text/{name}", unit="caption", disable=not progress) as bar:
-        for start in range(0, len(todo), shard_size):
+        for start in range(0, len(todo), shard_size):  # memory: one shard of vectors at a time
             chunk = todo[start : start + shard_size]
             vectors = []
             for b in range(0, len(chunk), batch_size):
-                vectors.append(np.asarray(encode([c.text for c in chunk[b : b + batch_size]]), dtype=np.float32))
+                vectors.append(encode([c.text for c in chunk[b : b + batch_size]]))
                 bar.update(min(batch_size, len(chunk) - b))
-            matrix = np.concatenate(vectors)
-            rows = [FeatureRow(video_id=c.caption_id, feature=v) for c, v in zip(chunk, matrix)]
+            ids = [c.caption_id for c in chunk]
+            if hasattr(vectors[0], "tocsr"):  # sparse counts (bow) stay sparse on disk
+                import scipy.sparse
+
+                rows = SparseRows(ids, scipy.sparse.vstack(vectors, format="csr", dtype=np.float32))
+            else:
+                matrix = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
+                rows = [FeatureRow(video_id=i, feature=v) for i, v in zip(ids, matrix)]
+            del vectors
             write_shard(out_dir, new_shard_name(), rows, manifest.formats, manifest.hash())
-            written += len(rows)
+            written += len(ids)
     return written
 
 
@@ -171,6 +215,7 @@ def run_text_extraction(
                                 versions=library_versions(), formats=formats, **fields)
             existing = read_manifest(folder)
             if existing is not None:
+                _refuse_dense_bow(folder, existing)
                 check_compatible(existing, manifest)
                 manifest.formats, manifest.shards = list(existing.formats), list(existing.shards)
             write_side_files()
@@ -180,7 +225,7 @@ def run_text_extraction(
             )
             # from the disk: shards of an interrupted run were never added to the manifest
             manifest.shards = sorted(
-                posixpath.splitext(posixpath.basename(p))[0] for p in list_shards(folder, manifest.formats[0])
+                shard_stem(p) for p in list_shards(folder, manifest.formats[0])
             )
             write_manifest(folder, manifest)
             log.info("text/%s: %d captions encoded, %d already present", name, written[name], len(captions) - written[name])

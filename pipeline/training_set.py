@@ -19,7 +19,8 @@ from pipeline.captions import Caption, read_captions
 from pipeline.features import FeatureSet, load_feature_set
 from pipeline.manifest import Manifest
 from pipeline.splits import find_split_files, read_split
-from pipeline.text_job import VOCAB_FILE, text_feature_dir
+from pipeline.text_job import text_feature_dir, warn_overlong
+from pipeline.text_job import vocab_path as bow_vocab_path
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,12 @@ def load_text_bank(
     if any(n in LEARNED_TEXT_FEATURES for n in names):
         from extractors.text_bow import BowEncoder, BowVocabulary
 
-        vocab_path = posixpath.join(text_feature_dir(features_dir, "bow"), VOCAB_FILE)
+        vocab_path = bow_vocab_path(text_feature_dir(features_dir, "bow"))
         try:
             vocab = BowVocabulary.load(vocab_path)
         except VidfuseError as exc:
             raise TrainingSetError(f"the 'gru' text feature needs the bow vocabulary ({exc}); run `vidfuse extract-text --encoders bow` first") from None
+        warn_overlong(captions)
         bank.tokens = BowEncoder(vocab).token_ids([c.text for c in captions])
         vocab_size = len(vocab) + 1  # id 0 = padding / unknown word
     return bank, {f"text/{n}": s.manifest for n, s in sets.items()}, vocab_size
@@ -163,7 +165,7 @@ def unreadable_videos(features_dir: str, names: Sequence[str], video_ids: Sequen
     Presence is checked because a record may name a video holding rows anyway (a second
     file with the same id).
     """
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline.fs import FileSystems
 
     from pipeline.extract_job import ERRORS_FILE, read_dead_letters
     from pipeline.shards import existing_ids

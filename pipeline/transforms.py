@@ -1,6 +1,6 @@
 """The extraction job as composite Beam transforms.
 
-    videos  = MatchVideos(dir)                 # listed by the workers -> (video_id, path)
+    videos  = MatchVideos(dir)                 # listed by the workers -> (video_id, (path, size+mtime))
     done[e] = ReadDoneIds(out/e)               # id columns of the shards, read by the workers
     plan    = {videos, done, old errors} | PlanVideos      # anti-join: what each video still needs
     decoded = plan.todo | Reshuffle | DecodeAndSample      # one decode per video, the union of
@@ -42,6 +42,7 @@ class DecodedVideo:
     num_frames: int
     indices: np.ndarray
     frames: np.ndarray
+    source: tuple[int, int] | None = None  # (size, mtime ns) of the file just before it was read
 
 
 @dataclass
@@ -68,16 +69,18 @@ class _WalkFolderFn(beam.DoFn):
     def __init__(self, extensions: Sequence[str]):
         self.extensions = list(extensions)
 
-    def process(self, folder: str) -> Iterator[str]:
+    def process(self, folder: str) -> Iterator[tuple[str, Any]]:
+        from pipeline.fingerprints import fingerprint
         from pipeline.video_files import normalise_dir, walk_local_files
 
         for path in walk_local_files(normalise_dir(folder)):
             if has_video_extension(path, self.extensions):
-                yield path
+                yield path, fingerprint(path)  # os.stat here, on the worker
 
 
 class MatchVideos(beam.PTransform):
-    """Every file under ``video_dir`` (recursive) with a video extension -> (video_id, path),
+    """Every file under ``video_dir`` (recursive) with a video extension -> (video_id, (path,
+    fingerprint)), the fingerprint (size, mtime ns) from the listing itself,
     listed by the workers: Beam's ``fileio.MatchFiles`` for object stores, a worker-side walk
     for local folders (Beam's local match neither follows folder links nor lists broken ones)."""
 
@@ -98,10 +101,11 @@ class MatchVideos(beam.PTransform):
             paths = (
                 pbegin
                 | "Match" >> fileio.MatchFiles(video_glob(video_dir))
-                | "Paths" >> beam.Map(lambda m: m.path)
-                | "KeepVideos" >> beam.Filter(has_video_extension, extensions)
+                | "KeepVideos" >> beam.Filter(lambda m: has_video_extension(m.path, extensions))
+                | "Fingerprints" >> beam.Map(
+                    lambda m: (m.path, (int(m.size_in_bytes), int(m.last_updated_in_seconds * 1e9))))
             )
-        return paths | "NameVideos" >> beam.Map(lambda p: (video_id_for(p, video_dir), p))
+        return paths | "NameVideos" >> beam.Map(lambda listed: (video_id_for(listed[0], video_dir), listed))
 
 
 class _DecodeAndSampleFn(beam.DoFn):
@@ -167,7 +171,9 @@ class _DecodeAndSampleFn(beam.DoFn):
             resized[name] = self.transforms[name].resize_crop(frames[take]).numpy()
         del frames  # the full-resolution frames go before any model sees the video
         for name, idx in wanted.items():
-            yield beam.pvalue.TaggedOutput(name, DecodedVideo(video_id, path, info.num_frames, idx, resized[name]))
+            yield beam.pvalue.TaggedOutput(
+                name, DecodedVideo(video_id, path, info.num_frames, idx, resized[name], task.source)
+            )
 
 
 class DecodeAndSample(beam.PTransform):

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from typing import Iterator, Sequence
 
-from apache_beam.io.filesystems import FileSystems
+from pipeline.fs import FileSystems
 
 from vidfuse.errors import VidfuseError
 

@@ -77,7 +77,7 @@ def leftover_files(out: Path) -> list[str]:
             bad.append(str(path))
     for folder in {p.parent for p in out.rglob("part-*")}:
         parquet = {p.stem for p in folder.glob("part-*.parquet")}
-        h5 = {p.stem for p in folder.glob("part-*.h5")}
+        h5 = {p.stem[1:] for p in folder.glob("_part-*.h5")}
         bad += [f"{folder}/{s} (one format only)" for s in parquet ^ h5]
     return sorted(bad)
 

@@ -166,7 +166,7 @@ def _bow(folder: Path) -> dict[str, np.ndarray]:
     from pipeline.features import load_feature_set
 
     fs = load_feature_set(str(folder / "text" / "bow"))
-    return dict(zip(fs.ids, fs.features))
+    return {i: fs.get(i) for i in fs.ids}  # dense rows (bow is stored sparse)
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
@@ -181,7 +181,7 @@ def test_extract_text_reads_a_layout_variant_as_the_clean_file(case, stage_data,
     got, ref = _bow(out), _bow(clean_text)
     assert sorted(got) == sorted(want)
     # the vocabulary comes from the train split's captions, the same texts: the same vectors
-    assert (out / "text" / "bow" / "vocab.json").read_bytes() == (clean_text / "text" / "bow" / "vocab.json").read_bytes()
+    assert (out / "text" / "bow" / "_vocab.json").read_bytes() == (clean_text / "text" / "bow" / "_vocab.json").read_bytes()
     for cap_id, clean_id in want.items():
         if clean_id is not None:
             np.testing.assert_array_equal(got[cap_id], ref[clean_id], err_msg=cap_id)

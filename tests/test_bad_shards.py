@@ -70,8 +70,13 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _file(folder: Path, stem: str, ext: str) -> Path:
+    """Shard ``stem``'s file in the format of ``ext`` (HDF5 twins are named with a leading '_')."""
+    return folder / f"{'_' if ext == '.h5' else ''}{stem}{ext}"
+
+
 def _shards(folder: Path, ext: str = ".parquet") -> list[Path]:
-    return sorted(folder.glob(f"part-*{ext}"))
+    return sorted(folder.glob(f"{'_' if ext == '.h5' else ''}part-*{ext}"))
 
 
 def _read_rows(path: Path, dim: int):
@@ -101,7 +106,7 @@ def _locate(folder: Path, row_id: str) -> tuple[str, int]:
         with open_shard(str(path)) as shard:
             ids = shard.ids()
         if row_id in ids:
-            return path.name.rsplit(".", 1)[0], ids.index(row_id)
+            return path.name.rsplit(".", 1)[0].lstrip("_"), ids.index(row_id)
     raise AssertionError(f"{row_id} not in {folder}")
 
 
@@ -111,8 +116,8 @@ def _rewrite(folder: Path, stem: str, edit: Callable[[list], None], formats=None
     from pipeline.shards import write_shard
 
     manifest = read_manifest(str(folder))
-    have = [f for f, ext in (("parquet", ".parquet"), ("hdf5", ".h5")) if (folder / f"{stem}{ext}").exists()]
-    rows = _read_rows(folder / f"{stem}{'.parquet' if 'parquet' in have else '.h5'}", manifest.dim)
+    have = [f for f, ext in (("parquet", ".parquet"), ("hdf5", ".h5")) if _file(folder, stem, ext).exists()]
+    rows = _read_rows(_file(folder, stem, ".parquet" if "parquet" in have else ".h5"), manifest.dim)
     edit(rows)
     write_shard(str(folder), stem, rows, formats or have, manifest.hash())
 
@@ -127,7 +132,7 @@ def _poison(folder: Path, row_id: str, where: str, value: float = np.nan) -> str
 
     _rewrite(folder, stem, edit)
     ext = ".parquet" if (folder / f"{stem}.parquet").exists() else ".h5"
-    return f"{stem}{ext} row {row}"
+    return f"{_file(folder, stem, ext).name} row {row}"
 
 
 def _hdf5_only(folder: Path) -> None:
@@ -151,9 +156,9 @@ def _edit_manifest(folder: Path, rehash: bool = False, **changes) -> None:
             setattr(manifest, key, value)
         write_manifest(str(folder), manifest)
         return
-    data = json.loads((folder / "manifest.json").read_text())
+    data = json.loads((folder / "_manifest.json").read_text())
     data.update(changes)
-    (folder / "manifest.json").write_text(json.dumps(data))
+    (folder / "_manifest.json").write_text(json.dumps(data))
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -269,16 +274,16 @@ def _dmg_zero_byte_hdf5_copy(f):
 
 
 def _dmg_copies_hold_other_ids(f):
-    stem = _first(f, ".h5").stem
+    stem = _first(f, ".parquet").stem
     _rewrite(f, stem, lambda rows: rows.reverse(), formats=["hdf5"])
-    return [f"{stem}.h5", "disagree", "row 0 holds id"]
+    return [_file(f, stem, ".h5").name, "disagree", "row 0 holds id"]
 
 
 def _dmg_copies_hold_other_row_counts(f):
-    stem = _first(f, ".h5").stem
-    n = len(_read_rows(f / f"{stem}.h5", 128))
+    stem = _first(f, ".parquet").stem
+    n = len(_read_rows(_file(f, stem, ".h5"), 128))
     _rewrite(f, stem, lambda rows: rows.pop(), formats=["hdf5"])
-    return [f"{stem}.h5", "disagree", f"rows {n} vs {n - 1}"]
+    return [_file(f, stem, ".h5").name, "disagree", f"rows {n} vs {n - 1}"]
 
 
 def _dmg_shard_of_other_dim(f):
@@ -295,14 +300,14 @@ def _dmg_shard_of_other_dim(f):
 def _dmg_ids_in_two_shards(f):
     shard = _first(f, ".parquet")
     for ext in (".parquet", ".h5"):
-        shutil.copy(shard.with_suffix(ext), f / f"part-copy{ext}")
+        shutil.copy(_file(f, shard.stem, ext), _file(f, "part-copy", ext))
     return [shard.name, "part-copy.parquet", "more than one shard"]
 
 
 def _dmg_manifest_lists_lost_shard(f):
     stem = _first(f, ".parquet").stem
     for ext in (".parquet", ".h5"):
-        (f / f"{stem}{ext}").unlink()
+        _file(f, stem, ext).unlink()
     return ["manifest.json lists shard(s) missing", stem, "rerun the extraction"]
 
 
@@ -330,13 +335,13 @@ def _dmg_manifest_of_other_set(f):  # the clip folder copied over x3d: consisten
 
 
 def _dmg_manifest_corrupt_json(f):
-    (f / "manifest.json").write_text('{"name": "x3d", "dim": ')
+    (f / "_manifest.json").write_text('{"name": "x3d", "dim": ')
     return ["manifest.json", "not valid JSON"]
 
 
 def _dmg_manifest_missing(f):
-    (f / "manifest.json").unlink()
-    return ["no manifest.json"]
+    (f / "_manifest.json").unlink()
+    return ["no _manifest.json"]
 
 
 def _dmg_hdf5_ids_fewer_than_rows(f):  # one shard file whose datasets disagree on the row count
@@ -440,7 +445,7 @@ def test_extract_into_a_folder_that_lost_its_manifest_refuses_shards_of_another_
     """Without manifest.json the resume cannot tell foreign shards by the folder's manifest: the
     job writes its own manifest first, then every existing shard must carry its hash."""
     folder = features / VIDEO_SET
-    (folder / "manifest.json").unlink()
+    (folder / "_manifest.json").unlink()
     args = ["extract", stage_data.dataset.videos_dir, "--out", features, "--config", "tiny", "--extractors", VIDEO_SET,
             "--no-progress", *IN_PROCESS]
     assert cli(*args, "--set", "extractors.x3d.sampling.clips=3") == 2
@@ -458,7 +463,7 @@ def test_the_way_out_the_messages_give_works(stage_data, features, tmp_path, cap
     folder = features / VIDEO_SET
     bad = stage_data.split("train")[7]
     place = _poison(folder, bad, "vector")
-    stem = place.split(".", 1)[0]
+    stem = place.split(".", 1)[0].lstrip("_")
     extract = ["extract", stage_data.dataset.videos_dir, "--out", features, "--config", "tiny",
                "--extractors", VIDEO_SET, "--no-progress", *IN_PROCESS]
     assert cli(*extract) == 0
@@ -466,9 +471,9 @@ def test_the_way_out_the_messages_give_works(stage_data, features, tmp_path, cap
     assert _train(stage_data, features, tmp_path / "run") == 2
     assert place in _error(capsys, "train")
 
-    with open_shard(str(folder / f"{stem}.h5")) as shard:
+    with open_shard(str(_file(folder, stem, ".h5"))) as shard:
         lost = shard.ids()  # the videos of the shard to delete
-    for path in folder.glob(f"{stem}.*"):
+    for path in [*folder.glob(f"{stem}.*"), *folder.glob(f"_{stem}.*")]:
         path.unlink()
     assert cli(*extract) == 0
     assert f"{len(lost)} done, {80 - len(lost)} skipped" in capsys.readouterr().out
@@ -585,9 +590,9 @@ def _ok_temp_files(f):
 
 
 def _ok_shard_not_in_manifest(f):  # a job killed before its last manifest update
-    data = json.loads((f / "manifest.json").read_text())
+    data = json.loads((f / "_manifest.json").read_text())
     data["shards"] = data["shards"][1:]
-    (f / "manifest.json").write_text(json.dumps(data, indent=2))
+    (f / "_manifest.json").write_text(json.dumps(data, indent=2))
 
 
 @pytest.mark.parametrize("case", [_ok_temp_files, _ok_shard_not_in_manifest], ids=["killed_writer_temp_files",
@@ -676,7 +681,7 @@ def test_damaged_text_folder(stage_data, runs, features, tmp_path, capsys, case)
 def test_damaged_bow_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
                                                                          case):
     """text/bow/vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
-    vocab = features / "text" / "bow" / "vocab.json"
+    vocab = features / "text" / "bow" / "_vocab.json"
     {"truncated": _truncate, "missing": Path.unlink, "not_a_vocabulary": lambda p: p.write_text("{}")}[case](vocab)
     run = runs["laff_ml"]
     index = built_index(stage_data, run)

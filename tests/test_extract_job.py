@@ -145,7 +145,7 @@ def test_mixed_folder_rows_dead_letters_and_rerun(mixed, tmp_path, capsys):
 
 # ------------------------------------------------------------------ killed job, then resume
 def _complete_shards(out: Path) -> int:
-    return sum(1 for _ in out.glob("*/part-*.h5"))
+    return sum(1 for _ in out.glob("*/_part-*.h5"))
 
 
 def _start_and_kill(video_dir: Path, out: Path, after_shards: int, delay: float, log_path: Path) -> int:
@@ -179,7 +179,7 @@ def test_killed_job_resumes_to_the_rows_of_an_uninterrupted_run(synth, reference
         if rc == -signal.SIGKILL:
             break
     assert rc == -signal.SIGKILL, f"the job always ended (rc {rc}) before it was killed: {(tmp_path / 'job.log').read_text()[-2000:]}"
-    partial = {n: len(list((out / n).glob("part-*.h5"))) for n in EXTRACTORS}  # one row each
+    partial = {n: len(list((out / n).glob("_part-*.h5"))) for n in EXTRACTORS}  # one row each
 
     summary = run_extraction(str(synth.videos_dir), str(out), tiny_config(), beam_args=IN_PROCESS, progress=False)
     assert summary.failed == 0 and summary.done + summary.skipped == len(synth.video_ids)

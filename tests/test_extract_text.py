@@ -23,6 +23,10 @@ def synth(tmp_path_factory):
     return make_synth(tmp_path_factory.mktemp("synth"), 6, seed=0)
 
 
+def _dense(matrix) -> np.ndarray:
+    return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+
+
 def _args(captions, out, *extra: str) -> list[str]:
     return ["extract-text", str(captions), "--out", str(out), "--config", "tiny", "--no-progress", *extra]
 
@@ -48,9 +52,11 @@ def test_features_for_every_caption_and_rerun_adds_nothing(synth, tmp_path, caps
         parquet, hdf5 = load_feature_set(str(folder), "parquet"), load_feature_set(str(folder), "hdf5")
         assert sorted(parquet.ids) == ids and sorted(hdf5.ids) == ids  # every caption, once
         assert parquet.features.shape == (len(ids), manifest.dim)
-        assert np.array_equal(hdf5.subset(parquet.ids).features, parquet.features)
+        assert hasattr(parquet.features, "tocsr") == (name == "bow")  # bow counts stay sparse
+        got = _dense(parquet.features)
+        assert np.array_equal(_dense(hdf5.subset(parquet.ids).features), got)
         want = np.asarray(encode([texts[i] for i in parquet.ids]), dtype=np.float32)
-        np.testing.assert_allclose(parquet.features, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     files = shard_files(out)
     assert run_text_extraction(str(synth.captions_txt), str(out), tiny_config(), progress=False) == {"clip": 0, "bow": 0}
@@ -119,7 +125,7 @@ def test_unknown_format_is_refused_before_anything_is_written(synth, tmp_path, c
     out = tmp_path / "features"
     assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet,hdf4")) == 2
     assert "hdf4" in capsys.readouterr().err
-    assert not (out / "text" / "bow" / "manifest.json").exists()
+    assert not (out / "text" / "bow" / "_manifest.json").exists()
     assert main(_args(synth.captions_txt, out, "--encoders", "bow", "--format", "parquet")) == 0
 
 
@@ -127,7 +133,7 @@ def test_interrupted_job_resumes_and_its_manifest_lists_every_shard(synth, tmp_p
     out = tmp_path / "features"
     config = tiny_config("text.shard_size=8")
     calls = {"n": 0}
-    encode = BowEncoder.encode
+    encode = BowEncoder.encode_sparse  # what the job calls: bow is stored sparse
 
     def interrupted(self, texts):
         calls["n"] += 1
@@ -135,15 +141,15 @@ def test_interrupted_job_resumes_and_its_manifest_lists_every_shard(synth, tmp_p
             raise KeyboardInterrupt
         return encode(self, texts)
 
-    monkeypatch.setattr(BowEncoder, "encode", interrupted)
+    monkeypatch.setattr(BowEncoder, "encode_sparse", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_text_extraction(str(synth.captions_txt), str(out), config, encoders=["bow"], progress=False)
-    monkeypatch.setattr(BowEncoder, "encode", encode)
+    monkeypatch.setattr(BowEncoder, "encode_sparse", encode)
     folder = out / "text" / "bow"
     assert len(list(folder.glob("part-*.parquet"))) == 2
 
     total = len(read_captions(synth.captions_txt))
     assert run_text_extraction(str(synth.captions_txt), str(out), config, encoders=["bow"], progress=False) == {"bow": total - 16}
     stems = {p.stem for p in folder.glob("part-*.parquet")}
-    assert set(read_manifest(str(folder)).shards) == stems == {p.stem for p in folder.glob("part-*.h5")}
+    assert set(read_manifest(str(folder)).shards) == stems == {p.stem[1:] for p in folder.glob("_part-*.h5")}
     assert sorted(load_feature_set(str(folder)).ids) == sorted(c.caption_id for c in read_captions(synth.captions_txt))

@@ -18,6 +18,7 @@ Commands run in forked children of a fork server that imported the libraries onc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -156,7 +157,7 @@ def extract_outputs(out: Path) -> dict:
     """A features folder in comparable form (shard names are random: counted, not named)."""
     manifests = {}
     for name in EXTRACTORS:
-        manifest = json.loads((out / name / "manifest.json").read_text())
+        manifest = json.loads((out / name / "_manifest.json").read_text())
         assert sorted(manifest.pop("shards")) == sorted(p.stem for p in (out / name).glob("part-*.parquet")), name
         manifests[name] = manifest
     errors = [{k: v for k, v in json.loads(line).items() if k != "time"}
@@ -214,7 +215,7 @@ def test_extract_killed_in_its_final_writes_reruns_to_the_uninterrupted_output(v
     outcome = run_command(extract_args(videos, out), tmp_path, before=kill)
     assert outcome.killed, outcome.log[-3000:]
     # the kill fell where its name says: manifests still list no shard / errors.jsonl or sources.json not yet written
-    listed = [json.loads((out / n / "manifest.json").read_text())["shards"] for n in EXTRACTORS]
+    listed = [json.loads((out / n / "_manifest.json").read_text())["shards"] for n in EXTRACTORS]
     assert (point == "before-manifests") == (listed == [[]] * len(EXTRACTORS)), listed
     assert (out / "errors.jsonl").exists() == (point == "before-sources")
     assert not (out / "sources.json").exists()
@@ -518,17 +519,19 @@ _LAUNCHER = """
 import subprocess, sys, time
 from pipeline.job_lock import exclusive_folder
 with exclusive_folder(sys.argv[1], "extract job"):
-    worker = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))", sys.argv[2]])
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1]).read()", sys.argv[2]])
     print(worker.pid, flush=True)
     time.sleep(120)
 """
 
 
-def _orphaned_worker(folder: Path, seconds: float) -> int:
+def _orphaned_worker(folder: Path, release: Path) -> int:
     """A job that holds ``folder``'s lock and started a worker process, killed alone (kill -9 PID,
-    the OOM killer), as Beam's DirectRunner workers outlive a killed launcher: the worker's pid."""
+    the OOM killer), as Beam's DirectRunner workers outlive a killed launcher: the worker's pid.
+    The worker runs until something is written to the FIFO ``release`` (or it is killed)."""
+    os.mkfifo(release)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(folder), str(seconds)], env=env, cwd=str(REPO),
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(folder), str(release)], env=env, cwd=str(REPO),
                                 stdout=subprocess.PIPE, text=True)
     worker = int(launcher.stdout.readline())
     launcher.send_signal(signal.SIGKILL)
@@ -537,18 +540,40 @@ def _orphaned_worker(folder: Path, seconds: float) -> int:
     return worker
 
 
-def test_a_worker_outliving_its_killed_job_is_waited_for_then_refused_naming_it(tmp_path, caplog):
+class _ReleaseWhenWaiting(logging.Handler):
+    """Ends the orphaned worker once the next job says it waits for it: the worker ends during the
+    wait on any machine, however slow, instead of after a fixed time the wait might not reach."""
+
+    def __init__(self, fifo_path: Path):
+        super().__init__()
+        self.fifo_path, self.seen = fifo_path, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "waiting up to" in message and not self.seen:
+            self.seen.append(message)
+            with open(self.fifo_path, "w") as fifo:  # the worker holds the reading end: this does not block
+                fifo.write("go")
+
+
+def test_a_worker_outliving_its_killed_job_is_waited_for_then_refused_naming_it(tmp_path):
     from pipeline.job_lock import FolderLockedError, exclusive_folder, leftover_writers
 
     folder = tmp_path / "features"
-    worker = _orphaned_worker(folder, 120)
+    worker = _orphaned_worker(folder, tmp_path / "never")
     try:
         with pytest.raises(FolderLockedError, match=rf"killed still run and may write there \(pids {worker}\)"):
             with exclusive_folder(str(folder), "extract job", orphan_wait_s=0.3):
                 pass
     finally:
         os.kill(worker, signal.SIGKILL)
-    worker = _orphaned_worker(folder, 1.0)  # one that ends by itself: the next job waits, then goes on
-    with exclusive_folder(str(folder), "extract job", orphan_wait_s=60):
-        assert leftover_writers(os.path.realpath(folder / ".vidfuse.lock")) == []
-    assert f"pids [{worker}]" in caplog.text
+    worker = _orphaned_worker(folder, tmp_path / "release")  # one that ends meanwhile: the next job waits, then goes on
+    releaser = _ReleaseWhenWaiting(tmp_path / "release")
+    job_log = logging.getLogger("pipeline.job_lock")
+    job_log.addHandler(releaser)
+    try:
+        with exclusive_folder(str(folder), "extract job", orphan_wait_s=600):
+            assert leftover_writers(os.path.realpath(folder / ".vidfuse.lock")) == []
+    finally:
+        job_log.removeHandler(releaser)
+    assert len(releaser.seen) == 1 and f"pids [{worker}]" in releaser.seen[0]

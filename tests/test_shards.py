@@ -130,7 +130,7 @@ def test_temp_files_ignored_and_never_read(tmp_path):
         with open(os.path.join(out, f".tmp-part-00009.abcdef{ext}.partial"), "wb") as f:
             f.write(b"half a shard")
     assert [os.path.basename(p) for p in list_shards(out, "parquet")] == ["part-00000.parquet"]
-    assert [os.path.basename(p) for p in list_shards(out, "hdf5")] == ["part-00000.h5"]
+    assert [os.path.basename(p) for p in list_shards(out, "hdf5")] == ["_part-00000.h5"]
     assert existing_ids(out) == {r.video_id for r in rows}
     for fmt in BOTH:
         assert load_feature_set(out, fmt).ids == [r.video_id for r in rows]
@@ -160,7 +160,7 @@ def test_failed_write_leaves_no_shard(tmp_path, monkeypatch, fail_in):
 def test_orphan_of_one_format_is_not_complete(tmp_path):
     """Killed between the two renames: the parquet exists, its .h5 twin does not."""
     out, manifest, rows = _folder(tmp_path, rows_per_shard=(3, 2))
-    os.remove(os.path.join(out, "part-00001.h5"))
+    os.remove(os.path.join(out, "_part-00001.h5"))
     orphan = [r.video_id for r in rows[3:]]
     assert existing_ids(out) == {r.video_id for r in rows[:3]}  # a rerun re-extracts the orphan's videos
     assert [os.path.basename(p) for p in list_shards(out, "parquet")] == ["part-00000.parquet"]
@@ -215,7 +215,7 @@ def _truncate(path, keep=0.5):
 @pytest.mark.parametrize("keep", [0.5, 0.97])
 def test_truncated_shard_named(tmp_path, fmt, ext, keep):
     out, _, _ = _folder(tmp_path, rows_per_shard=(3, 4), formats=[fmt])
-    bad = os.path.join(out, "part-00001" + ext)
+    bad = os.path.join(out, ("_" if fmt == "hdf5" else "") + "part-00001" + ext)
     _truncate(bad, keep)
     with pytest.raises(ShardError, match="part-00001" + ext.replace(".", r"\.")):
         fs = load_feature_set(out)
@@ -283,10 +283,10 @@ def test_empty_and_unmanifested_folders(tmp_path):
         load_feature_set(str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FeatureSetError, match=r"empty.*no manifest\.json"):
+    with pytest.raises(FeatureSetError, match=r"empty.*no _manifest\.json"):
         load_feature_set(str(empty))
     write_shard(str(empty), "part-00000", make_rows("v", 2), ["parquet"], "h")
-    with pytest.raises(FeatureSetError, match="no manifest.json"):
+    with pytest.raises(FeatureSetError, match="no _manifest.json"):
         load_feature_set(str(empty))
     noshards = str(tmp_path / "noshards")
     write_manifest(noshards, make_manifest())
@@ -358,16 +358,16 @@ def test_object_store_paths(tmp_path):
     write_manifest(out, manifest)  # rewrite over an existing object
     rows = make_rows("v", 5)
     finals = write_shard(out, "part-00000", rows[:3], BOTH, manifest.hash())
-    assert finals == [f"{out}/part-00000.parquet", f"{out}/part-00000.h5"]
+    assert finals == [f"{out}/part-00000.parquet", f"{out}/_part-00000.h5"]
     write_shard(out, "part-00001", rows[3:], BOTH, manifest.hash())
-    assert list_shards(out, "hdf5") == [f"{out}/part-00000.h5", f"{out}/part-00001.h5"]
+    assert list_shards(out, "hdf5") == [f"{out}/_part-00000.h5", f"{out}/_part-00001.h5"]
     assert existing_ids(out) == {r.video_id for r in rows}
     a, b = load_feature_set(out, "parquet"), load_feature_set(out, "hdf5")
     assert a.ids == b.ids == [r.video_id for r in rows]
     np.testing.assert_array_equal(a.frames_matrix, b.frames_matrix)
     np.testing.assert_array_equal(b.features, np.stack([r.feature for r in rows]))
     assert sorted(os.listdir(tmp_path / "bucket" / "feat")) == [
-        "manifest.json", "part-00000.h5", "part-00000.parquet", "part-00001.h5", "part-00001.parquet"
+        "_manifest.json", "_part-00000.h5", "_part-00001.h5", "part-00000.parquet", "part-00001.parquet"
     ]
 
 
@@ -380,9 +380,9 @@ def test_manifest_round_trip(tmp_path):
     manifest = make_manifest(shards=["part-00000.parquet"], extra={"vocab": "vocab.txt"})
     write_manifest(out, manifest)
     assert read_manifest(out) == manifest
-    data = json.loads(open(os.path.join(out, "manifest.json")).read())
+    data = json.loads(open(os.path.join(out, "_manifest.json")).read())
     assert data["manifest_hash"] == manifest.hash() and data["dim"] == 8
-    assert [n for n in os.listdir(out)] == ["manifest.json"]  # the temp was renamed away
+    assert [n for n in os.listdir(out)] == ["_manifest.json"]  # the temp was renamed away
 
 
 def test_manifest_identity_and_hash():
@@ -422,15 +422,15 @@ def test_check_compatible_lists_differences():
 def test_malformed_manifest(tmp_path):
     out = tmp_path / "feat"
     out.mkdir()
-    (out / "manifest.json").write_text("{not json")
+    (out / "_manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="manifest.json.*not valid JSON"):
         read_manifest(str(out))
-    (out / "manifest.json").write_text(json.dumps({"name": "clip", "kind": "video"}))
+    (out / "_manifest.json").write_text(json.dumps({"name": "clip", "kind": "video"}))
     with pytest.raises(ManifestError, match=r"missing field\(s\).*'model'"):
         read_manifest(str(out))
     data = make_manifest().to_dict()
     data["level"] = "pixel"
-    (out / "manifest.json").write_text(json.dumps(data))
+    (out / "_manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="level must be one of"):
         read_manifest(str(out))
     with pytest.raises(VidfuseError):  # reaches the CLI as one line

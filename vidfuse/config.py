@@ -21,8 +21,14 @@ from vidfuse.errors import ConfigError
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_ROOT = REPO_ROOT / "configs"
+def _bundled_configs() -> Path:
+    """``configs/`` as installed (a package, so wheels carry it), not as the source tree has it."""
+    from importlib.resources import files
+
+    return Path(str(files("configs")))
+
+
+CONFIG_ROOT = _bundled_configs()
 
 
 # Every config schema a file may be written for: (what it is, "module:class"). A file given to

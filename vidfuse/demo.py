@@ -54,7 +54,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     work = settings.workdir
     data_dir, features = work / "data", str(work / "features")
     runs, indexes, report = work / "runs", work / "indexes", work / "reports" / "demo"
-    total = 5 + 2 * len(settings.heads)
+    total = 4 + 2 * len(settings.heads)  # synth, extract, extract-text, train and index each head, results
     step = iter(range(1, total + 1))
     extract_cfg = load_config(ExtractConfig, settings.extract_config, kind="extract")
     dataset = None
@@ -101,6 +101,6 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
 
     _stage(console, next(step), total, "results", chance)
     print((report / "table.md").read_text())  # plain print: a Markdown table must not wrap
-    console.print(f"report: {report / 'table.md'}, {report / 'recall.png'}, {report / 'metrics.json'}")
+    print(f"report: {report / 'table.md'}, {report / 'recall.png'}, {report / 'metrics.json'}")  # whole, unwrapped
     return report
 

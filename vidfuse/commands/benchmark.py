@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vidfuse.commands.common import positive_int
+
 
 def register(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -21,7 +23,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--splits", default=None, help="folder of split files (default: beside the captions)")
     p.add_argument("--features", default=None, help="features folder (default: the run's)")
     p.add_argument("--out", required=True, help="report folder: metrics.json, table.md, recall.png")
-    p.add_argument("--k", type=int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
+    p.add_argument("--k", type=positive_int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
     p.add_argument("--name", default=None, help="row name in the table (default: the run folder's name)")
     p.set_defaults(func=run)
 

@@ -8,7 +8,17 @@ import fcntl
 import os
 from typing import Iterator
 
-from vidfuse.errors import VidfuseError
+
+
+def positive_int(text: str) -> int:
+    """An ``int >= 1`` (argparse ``type=``): refused while parsing, before anything loads."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def comma_list(text: str) -> list[str]:
@@ -17,6 +27,9 @@ def comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
+
+
+SET_EXAMPLES = {"extract": "output.shard_size=128", "train": "epochs=20"}  # keys each kind takes
 
 
 def add_config_args(parser: argparse.ArgumentParser, kind: str, default: str) -> None:
@@ -32,27 +45,49 @@ def add_config_args(parser: argparse.ArgumentParser, kind: str, default: str) ->
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value (repeatable), e.g. --set output.shard_size=128",
+        help=f"override one config value (repeatable), e.g. --set {SET_EXAMPLES[kind]}",
     )
 
 
-def add_device_arg(parser: argparse.ArgumentParser) -> None:
+def device_name(text: str) -> str:
+    """``--device`` value, with ``gpu`` and ``cuda`` as names of the same thing (``gpu:1`` = ``cuda:1``)."""
+    name = text.strip().lower()
+    if name == "gpu" or name.startswith("gpu:"):
+        name = "cuda" + name[3:]
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda (or gpu) or cuda:N, got {text!r}")
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = "auto", what: str = "") -> None:
     parser.add_argument(
-        "--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N"
+        "--device", default=default, type=device_name,
+        help=f"{what}auto (cuda when present), cpu, cuda or cuda:N; gpu is cuda"
+        + ("" if default else " (default: the config's)"),
     )
+
+
+def _bookkeeping_names() -> set[str]:
+    """Files a job writes before any output (its lock, the manifests of its feature sets)."""
+    from pipeline.job_lock import LOCK_NAME
+    from pipeline.manifest import MANIFEST_NAME
+
+    return {LOCK_NAME, MANIFEST_NAME}
 
 
 def _remove_if_unused(folder: str) -> None:
-    """Remove ``folder`` when it holds nothing but empty folders and unheld job locks."""
+    """Remove ``folder`` when it holds nothing but empty folders, manifests and unheld job locks."""
     from pipeline.job_lock import LOCK_NAME
 
     if not os.path.isdir(folder):
         return
-    locks = []
+    locks, others = [], []
+    bookkeeping = _bookkeeping_names()
     for root, _dirs, files in os.walk(folder):
-        if any(name != LOCK_NAME for name in files):
+        if any(name not in bookkeeping for name in files):
             return
-        locks += [os.path.join(root, name) for name in files]
+        locks += [os.path.join(root, name) for name in files if name == LOCK_NAME]
+        others += [os.path.join(root, name) for name in files if name != LOCK_NAME]
     held = []
     try:
         for lock in locks:  # another job took the folder meanwhile: leave it to that job
@@ -62,8 +97,8 @@ def _remove_if_unused(folder: str) -> None:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return
-        for lock in locks:
-            os.unlink(lock)
+        for path in others + locks:
+            os.unlink(path)
         for root, _dirs, _files in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
             os.rmdir(root)
     except OSError:
@@ -75,17 +110,18 @@ def _remove_if_unused(folder: str) -> None:
 
 @contextlib.contextmanager
 def no_new_folder_if_refused(*folders: str) -> Iterator[None]:
-    """A run refused with a :class:`VidfuseError` leaves none of ``folders`` that it created empty.
+    """A run that fails (a refusal, a crash, an interrupt) leaves none of ``folders`` that it created
+    holding no output.
 
-    Why: a refusal found after a job took its output folder (an extractor's weights missing,
-    features that do not fit) must leave the disk as it was, not an empty folder with a lock
-    file that looks like an output. Folders that existed before, or that hold any file of the
-    run, are kept.
+    Why: a failure found after a job took its output folder (an extractor's weights missing,
+    features that do not fit, a worker crash) must leave the disk as it was, not a folder with a
+    lock file and manifests that looks like an output. Folders that existed before, or that hold
+    any output of the run (shards a rerun resumes from), are kept.
     """
     created = [f for f in folders if "://" not in f and not os.path.lexists(f)]
     try:
         yield
-    except VidfuseError:
+    except BaseException:
         for folder in reversed(created):
             _remove_if_unused(folder)
         raise

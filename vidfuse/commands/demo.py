@@ -18,8 +18,8 @@ def register(subparsers, name: str, help_text: str) -> None:
     )
     p.add_argument("--workdir", default="vidfuse-demo", help="where everything is written (default ./vidfuse-demo)")
     p.add_argument("--videos", type=int, default=300, help="synthetic videos (default 300)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="dataset and training seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
     p.set_defaults(func=run, passes_extra_args=True)
 
 

@@ -24,7 +24,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--format", dest="formats", type=comma_list, default=None, help="parquet,hdf5")
     add_config_args(p, "extract", "default")
     add_device_arg(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vidfuse.commands.common import add_device_arg
+
 
 def register(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(
@@ -20,9 +22,14 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--factory", default="Flat", help="FAISS index_factory string: Flat, IVF4096,Flat, HNSW32, IVF1024,PQ32 ...")
     p.add_argument("--train-size", type=int, default=None, help="rows sampled to train IVF/PQ (default: 256 per centroid)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="gpu needs faiss-gpu")
+    add_device_arg(p, what="where FAISS builds the index (cuda needs faiss-gpu): ")
     p.add_argument("--add", action="store_true", help="add the videos missing from an existing index instead of rebuilding")
     p.set_defaults(func=run)
+
+
+def faiss_device(device: str) -> str:
+    """``--device`` as faiss_index names it (auto, cpu, gpu: every GPU)."""
+    return "gpu" if device.startswith("cuda") else device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     index, added = build_index(
         args.run, args.out, args.features, args.split, args.captions, args.splits,
-        args.factory, args.device, args.train_size, args.nprobe, args.add,
+        args.factory, faiss_device(args.device), args.train_size, args.nprobe, args.add,
     )
     print(f"index: {added} videos added, {len(index)} in {args.out} ({index.meta['factory']}, {index.meta['dim']}-d, {index.device})")
     return 0
