@@ -13,12 +13,13 @@ def register(subparsers, name: str, help_text: str) -> None:
         help=help_text,
         description="Top-k videos for each QUERY; with no QUERY, reads one query per line from standard input.",
     )
-    p.add_argument("queries", nargs="*", metavar="QUERY")
-    p.add_argument("--run", required=True)
-    p.add_argument("--index", required=True)
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="text queries (none: one per line from standard input)")
+    p.add_argument("--run", required=True, help="run folder written by `vidfuse train`")
+    p.add_argument("--index", required=True, help="index folder written by `vidfuse index` for that run")
     p.add_argument("--features", default=None, help="features folder (default: the run's)")
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="query encoder and index: cpu (default), auto (the GPU when present), cuda, cuda:N or gpu")
     p.set_defaults(func=run)
 
 
