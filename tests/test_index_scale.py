@@ -163,12 +163,11 @@ def test_add_to_a_saved_index_equals_building_it_at_once(form, tmp_path):
     assert grown.ids == IDS and grown.ntotal == len(IDS)
     if form.startswith("sharded"):
         assert grown.meta["shards"] == [1000, 1000, 1000]
-    # the same trained index filled with every vector at once gives the same results
-    at_once = VideoIndex.load(str(tmp_path / "idx"))
+    # the same trained index, never saved, given the rest in memory, gives the same results
     reference = first(X[:1600], IDS[:1600])
     reference.add(X[1600:], IDS[1600:])
     np.testing.assert_array_equal(grown.search_positions(Q, 10)[1], reference.search_positions(Q, 10)[1])
-    assert at_once.meta["search_params"] == part.meta["search_params"]
+    assert grown.meta["search_params"] == part.meta["search_params"]  # tuned nprobe survives save, load, add
     with pytest.raises(IndexStoreError, match="already in the index"):
         grown.add(X[:2], IDS[:2])
 
@@ -262,7 +261,6 @@ def test_report_shows_through_index_rows_beside_the_exact_ones_and_chance(stage_
     cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in lines[1:]}
     via = f"{run.name} via index (IVF4,Flat, top 5)"
     assert set(cells) == {run.name, via, "chance"}
-    assert cells[via][2] == f"{metrics['via_index']['t2v']['R@10']:.1f}" if "R@10" in metrics["via_index"]["t2v"] else True
     assert cells[via][0] == f"{metrics['via_index']['t2v']['R@1']:.1f}" and cells[via][5] == "–"  # no v2t via index
     assert cells["chance"][0] == f"{100 / 12:.1f}" and cells["chance"][5] != "–"  # both directions
     # nprobe 1 of 4 lists misses videos the exact ranking finds: the rows show it
