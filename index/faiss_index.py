@@ -90,11 +90,9 @@ def _gpu_free_bytes() -> int | None:
         return None
 
 
-def index_bytes(index: faiss.Index) -> int:
-    """Bytes FAISS would write for ``index`` (what it holds in memory, give or take a header)."""
-    writer = faiss.VectorIOWriter()
-    faiss.write_index(index, writer)
-    return int(writer.data.size())
+def _ivf_list_bytes(ivf) -> int:
+    """Memory of an IVF index's inverted lists: a code and an int64 id per vector."""
+    return int(ivf.ntotal) * (int(ivf.code_size) + 8)
 
 
 def _as_matrix(x: Any, dim: int | None, what: str) -> np.ndarray:
@@ -189,10 +187,11 @@ def _to_device(cpu_index: faiss.Index, device: str, what: str, gpu: int | None =
         return cpu_index, "cpu"
     free = _gpu_free_bytes()
     ivf = _ivf_of(cpu_index)
-    if ivf is not None and free is not None and index_bytes(cpu_index) > 0.8 * free * faiss.get_num_gpus():
+    if ivf is not None and free is not None and _ivf_list_bytes(ivf) > 0.8 * free * faiss.get_num_gpus():
+        # "gpu": saving goes through index_gpu_to_cpu, which brings the quantizer back
         log.info("index larger than GPU memory: coarse quantizer on GPU, inverted lists stay on CPU")
         ivf.quantizer = faiss.index_cpu_to_gpu(_gpu_resources(gpu or 0), gpu or 0, ivf.quantizer)
-        return cpu_index, "cpu"
+        return cpu_index, "gpu"
     try:
         if gpu is not None:
             return faiss.index_cpu_to_gpu(_gpu_resources(gpu), gpu, cpu_index), "gpu"

@@ -226,7 +226,7 @@ def test_load_for_a_run_searches_on_the_gpu_by_default_and_big_ivf_keeps_its_lis
     ivf.add(X[:, :8].copy())
     monkeypatch.setattr(fi, "_gpu_free_bytes", lambda: 1000)  # smaller than the index
     moved.clear()
-    assert fi._to_device(ivf, "cuda", "t") == (ivf, "cpu") and moved == [("one", 0)]  # only the quantizer moved
+    assert fi._to_device(ivf, "cuda", "t") == (ivf, "gpu") and moved == [("one", 0)]  # only the quantizer moved
 
     import inspect
 

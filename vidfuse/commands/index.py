@@ -26,8 +26,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--chunk-size", type=int, default=50_000, help="videos read, encoded and added at a time (default 50000)")
     p.add_argument("--train-size", type=int, default=None, help="rows sampled to train IVF/PQ (default: 256 per centroid)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query")
-    p.add_argument("--device", default="auto", type=str.lower, choices=["auto", "cpu", "gpu", "cuda"],
-                   help="where FAISS builds and searches: gpu or cuda (the same) needs faiss with GPU support")
+    p.add_argument("--device", default="auto", type=str.lower,
+                   help="where FAISS builds and searches: auto (default), cpu, gpu, cuda or cuda:N (gpu and cuda are "
+                        "the same: every GPU); a GPU needs faiss with GPU support")
     p.add_argument("--add", action="store_true", help="add the videos missing from an existing index instead of rebuilding")
     p.set_defaults(func=run)
 
@@ -41,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise VidfuseError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     if args.shards < 1 or args.chunk_size < 1:
         raise VidfuseError("--shards and --chunk-size must be >= 1")
+    from index.faiss_index import DEVICES, normalize_device
+
+    if normalize_device(args.device) not in DEVICES:
+        raise VidfuseError(f"--device must be auto, cpu, gpu, cuda or cuda:N, got {args.device!r}")
     budget = None
     if args.max_index_memory:
         from index.autoindex import parse_memory
