@@ -58,7 +58,8 @@ def test_flat_index_equals_numpy_brute_force_over_the_run_embeddings(stage_data,
     run, banks = _split_banks(stage_data, runs["laff_ml"], "test")
     assert index.ids == banks.video_ids == test_ids
     assert index.meta["run"] == run.path and index.meta["head"] == "laff_ml"
-    assert index.meta["extra"]["split"] == "test" and index.meta["extra"]["exact"] is True
+    assert index.meta["extra"]["split"] == "test" and index.meta["extra"]["exact_score"] is True
+    assert index.meta["extra"]["exact_search"] is True  # Flat: the FAISS search is exhaustive
     videos = encode_run_videos(run, str(stage_data.features), test_ids)
     assert videos.shape == (len(test_ids), 128)
     np.testing.assert_allclose(np.linalg.norm(videos, axis=1), 1.0, rtol=1e-5)  # concat_h(e_h)/sqrt(h)
@@ -241,9 +242,11 @@ def test_two_runs_into_one_report_folder_give_a_two_row_table(stage_data, runs, 
         assert cli("benchmark", "--run", runs[name], "--index", built_index(stage_data, runs[name]),
                    "--out", report) == 0
     rows = [line for line in (report / "table.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 3  # header + two runs
+    assert len(rows) == 6  # header + two runs, exact and through the index, + the chance level
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert sorted(names) == sorted([runs["laff_ml"].name, runs["dllfa"].name])
+    expected = [runs["laff_ml"].name, runs["dllfa"].name, "chance"]
+    expected += [f"{runs[n].name} via index (Flat, top 12)" for n in ("laff_ml", "dllfa")]  # 12 test videos
+    assert sorted(names) == sorted(expected)
     assert json.loads((report / "metrics.json").read_text())["head"] == "laff_ml"
 
 

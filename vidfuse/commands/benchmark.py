@@ -25,6 +25,8 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--out", required=True, help="report folder: metrics.json, table.md, recall.png")
     p.add_argument("--k", type=positive_int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
     p.add_argument("--name", default=None, help="row name in the table (default: the run folder's name)")
+    p.add_argument("--device", default="auto", type=str.lower,
+                   help="where the FAISS index searches: auto (the GPU when FAISS has one, the default), cpu, gpu or cuda")
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from index.benchmark import run_benchmark
 
     result = run_benchmark(args.run, args.index, args.out, args.captions, args.split, args.splits,
-                           args.features, args.k, args.name)
+                           args.features, args.k, args.name, args.device)
     with open(os.path.join(args.out, "table.md")) as handle:
         print(handle.read())
     lost = result["via_index"]["recall_lost"]
