@@ -3,8 +3,10 @@
 Text->video runs through the FAISS index (top-``k``; DLLFA re-ranks those ``k`` with its
 full score) and, by brute force over the same videos, exactly, so an approximate index
 reports the recall it loses. Video->text ranks all captions, every caption of the video
-relevant. Ties: the optimistic rank (1 + candidates scored strictly higher), stated in
-every metrics dict.
+relevant. Ties: the optimistic rank (1 + candidates scored strictly higher) unless
+``ties`` says otherwise (``pessimistic``, ``average``: exactly tied videos earn no credit),
+stated in every metrics dict. ``subsets`` adds exact t2v recall over named sets of captions
+(e.g. the synthetic set's order-dependent captions).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def run_benchmark(
     features: str | None = None,
     k: int = 100,
     name: str | None = None,
+    ties: str = "optimistic",
+    subsets: dict[str, Sequence[str]] | None = None,
 ) -> dict:
     """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png."""
     import torch
@@ -106,15 +110,20 @@ def run_benchmark(
     exact_index = bool(getattr(head, "exact_index", True))
     stage1_rows = inner_product_rows(t_query, v_index)
     full = stage1_rows if exact_index else embedding_similarity(head, text_emb, video_emb)
-    exact, ranks = t2v_v2t_metrics(full, targets, num_videos=len(index.ids), return_ranks=True)
+    exact, ranks = t2v_v2t_metrics(full, targets, ties=ties, num_videos=len(index.ids), return_ranks=True)
 
     k = max(1, min(k, len(index.ids)))
     cand_scores, cand_pos = index.search_positions(t_query, k)
     result = {
         "run": run.path, "index": os.path.abspath(index_dir), "head": run.config.head.type,
         "split": split, "num_videos": len(index.ids), "num_captions": len(queries), "left_out_videos": sorted(left_out),
-        "ties": "optimistic", "factory": index.meta.get("factory"), "exact": exact,
+        "ties": ties, "factory": index.meta.get("factory"), "exact": exact,
     }
+    for subset, caption_ids in (subsets or {}).items():
+        wanted = set(caption_ids)
+        mask = np.fromiter((c.caption_id in wanted for c in queries), dtype=bool, count=len(queries))
+        result.setdefault("subsets", {})[subset] = {
+            "captions": int(mask.sum()), "t2v": recall_from_ranks(ranks["t2v"][mask], DEFAULT_KS, max(DEFAULT_KS))}
     via_index = {"k": k, "t2v": recall_from_ranks(candidate_ranks(cand_scores, cand_pos, targets), DEFAULT_KS, k)}
     if not exact_index:
         # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.

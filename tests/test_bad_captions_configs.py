@@ -446,8 +446,8 @@ WRONG_KIND = [
     ("extract", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not an extraction config"),
     ("extract-text", "configs/datasets/synth.yaml", "a dataset config", "not an extraction config"),
     ("train", "configs/extract/tiny.yaml", "an extraction config", "not a fusion training config"),
-    ("train", "configs/train/tiny_clip_ft.yaml", "a CLIP fine-tuning config", "not a fusion training config"),
-    ("finetune-clip", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not a CLIP fine-tuning config"),
+    ("train", "configs/train/tiny_clip_ft.yaml", "an extractor fine-tuning config", "not a fusion training config"),
+    ("finetune-clip", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not an extractor fine-tuning config"),
 ]
 
 
