@@ -119,11 +119,17 @@ def run_benchmark(
         "split": split, "num_videos": len(index.ids), "num_captions": len(queries), "left_out_videos": sorted(left_out),
         "ties": ties, "factory": index.meta.get("factory"), "exact": exact,
     }
+    t2v_ranks = {ties: ranks["t2v"]}
+    if ties != "optimistic":  # what the sort-order-free optimistic count would have given, beside it
+        optimistic, opt_ranks = t2v_v2t_metrics(full, targets, ties="optimistic", num_videos=len(index.ids),
+                                                return_ranks=True)
+        result["optimistic_t2v"], t2v_ranks["optimistic"] = optimistic["t2v"], opt_ranks["t2v"]
     for subset, caption_ids in (subsets or {}).items():
         wanted = set(caption_ids)
         mask = np.fromiter((c.caption_id in wanted for c in queries), dtype=bool, count=len(queries))
-        result.setdefault("subsets", {})[subset] = {
-            "captions": int(mask.sum()), "t2v": recall_from_ranks(ranks["t2v"][mask], DEFAULT_KS, max(DEFAULT_KS))}
+        result.setdefault("subsets", {})[subset] = {"captions": int(mask.sum()), **{
+            ("t2v" if mode == ties else f"{mode}_t2v"): recall_from_ranks(r[mask], DEFAULT_KS, max(DEFAULT_KS))
+            for mode, r in t2v_ranks.items()}}
     via_index = {"k": k, "t2v": recall_from_ranks(candidate_ranks(cand_scores, cand_pos, targets), DEFAULT_KS, k)}
     if not exact_index:
         # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.

@@ -34,8 +34,12 @@ DEMO_HEADS: dict[str, str] = {
     "single_x3d": "tiny_single_x3d",
 }
 DEMO_EXTRACTORS = ("clip", "x3d")
-# extractor -> fine-tuning config; later ones start their text tower from clip-ft's CLIP
-DEMO_FINETUNE: dict[str, str] = {"clip": "tiny_clip_ft", "x3d": "tiny_x3d_ft"}
+# extractor -> (fine-tuning config, overrides); later ones start their text tower from clip-ft's CLIP.
+# clip-ft: every caption of a video in each epoch (5x the text supervision of one, same frames)
+DEMO_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "clip": ("tiny_clip_ft", ("captions_per_video=0", "cache_frames=true")),
+    "x3d": ("tiny_x3d_ft", ()),
+}
 DEMO_TIES = "average"
 ORDER_SUBSET = "order-dependent"
 
@@ -46,7 +50,7 @@ class DemoSettings:
     videos: int = 300
     seed: int = 0
     heads: dict[str, str] = field(default_factory=lambda: dict(DEMO_HEADS))
-    finetune: dict[str, str] = field(default_factory=lambda: dict(DEMO_FINETUNE))
+    finetune: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=lambda: dict(DEMO_FINETUNE))
     extract_config: str = "tiny"
     beam_args: list[str] = field(default_factory=list)
     progress: bool = True
@@ -88,11 +92,14 @@ def summary_table(results: dict[str, dict]) -> str:
                                        f"({first['ties']} ties: exactly tied videos earn no credit)")
     order = first.get("subsets", {}).get(ORDER_SUBSET)
     if order:
-        lines = ["", f"### {ORDER_SUBSET} captions ({order['captions']}: the test gallery holds their video's "
-                     "time-reversed twin), t2v", "", "| Model | R@1 | R@5 | R@10 |", "|:---|---:|---:|---:|"]
+        lines = ["", f"### t2v on the {order['captions']} {ORDER_SUBSET} captions (the test gallery holds their "
+                     "video's time-reversed twin); last column: all captions with optimistic ties", "",
+                 "| Model | R@1 | R@5 | R@10 | all, optimistic R@1 |", "|:---|---:|---:|---:|---:|"]
         for name, r in results.items():
             t2v = r["subsets"][ORDER_SUBSET]["t2v"]
-            lines.append(f"| {name} | " + " | ".join(f"{t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10")) + " |")
+            optimistic = r.get("optimistic_t2v", r["exact"]["t2v"])["R@1"]
+            lines.append(f"| {name} | " + " | ".join(f"{t2v[k]:.1f}" for k in ("R@1", "R@5", "R@10"))
+                         + f" | {optimistic:.1f} |")
         table += "\n".join(lines) + "\n"
     return table
 
@@ -102,7 +109,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     from fusion.finetune import FinetuneConfig, checkpoint_name, extract_config_name, run_finetune
     from fusion.trainer import TrainConfig
     from index.benchmark import run_benchmark
-    from index.report import write_text
+    from index.report import write_metrics_json, write_text
     from index.run_index import build_index
     from pipeline.config import ExtractConfig
     from pipeline.extract_job import run_extraction
@@ -127,9 +134,9 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
 
     _stage(console, next(step), total, "synthetic dataset", synth)
 
-    for extractor, config in settings.finetune.items():
-        def fit_extractor(extractor: str = extractor, config: str = config) -> str:
-            overrides = [f"seed={settings.seed}"]
+    for extractor, (config, extra) in settings.finetune.items():
+        def fit_extractor(extractor: str = extractor, config: str = config, extra=extra) -> str:
+            overrides = [*extra, f"seed={settings.seed}"]
             clip_ft = runs / "clip_ft" / checkpoint_name("clip")
             if extractor != "clip" and clip_ft.is_file():
                 overrides.append(f"clip.pretrained={clip_ft.resolve()}")  # captions scored by clip-ft's text tower
@@ -180,6 +187,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     table = summary_table(results)
     _stage(console, next(step), total, "results", lambda: f"written to {report / 'summary.md'}")
     write_text(str(report / "summary.md"), table)
+    write_metrics_json(str(report / "summary.json"), results)
     print(table)  # plain print: a Markdown table must not wrap
     console.print(f"report: {report / 'summary.md'}, {report / 'recall.png'}, {report / 'metrics.json'}")
     return report
