@@ -269,7 +269,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = build_optimizer(head, cfg.optim, head.no_weight_decay()) if trainable else None
     batches_per_epoch = len(epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, 1))
-    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch) if optimizer else None
+    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch,
+                           lower_is_better=cfg.val_metric.split("/")[-1] in LOWER_IS_BETTER) if optimizer else None
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
@@ -351,7 +352,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
         else:
             bad += 1
         if lr_ctrl:
-            lr_ctrl.end_epoch(improved)
+            lr_ctrl.end_epoch(improved, value if has_val else None)
         stopped = bool(has_val and cfg.early_stop and bad >= cfg.early_stop)
         history.append(record)
         write_history(metrics_path, history)
