@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from extractors.clip import ClipConfig, save_clip_checkpoint
 from fusion.checkpoint import LAST, CheckpointError, save_atomic
 from fusion.losses import info_nce, triplet_ranking_loss
-from fusion.loop import LoopState, epoch_seed, load_resume_state, metric_value, optimizer_step, run_epochs, set_rng_state, \
+from fusion.loop import LOWER_IS_BETTER, LoopState, epoch_seed, load_resume_state, metric_value, optimizer_step, run_epochs, set_rng_state, \
     write_history
 from fusion.optim import LrController, OptimConfig, build_optimizer, resolve_optim
 from fusion.trainer import RESUMABLE_CHANGES, TrainResult, amp_settings, check_val_metric, epoch_batches, pick_device
@@ -676,8 +676,8 @@ class _FinetuneEpochs:
         })
         write_extract_config(cfg, self.best_path, self.out / extract_config_name(cfg.extractor))
 
-    def end_epoch(self, improved: bool) -> None:
-        self.lr_ctrl.end_epoch(improved)
+    def end_epoch(self, improved: bool, value: Optional[float]) -> None:
+        self.lr_ctrl.end_epoch(improved, value)
 
     def state(self) -> dict:
         return {"finetune": self.cfg.extractor, "model": self.model.state_dict(),
@@ -717,7 +717,8 @@ def finetune(cfg: FinetuneConfig, data: FinetuneData, out_dir: str | Path, resum
     optimizer = build_optimizer(model, tower_optim, no_decay)
     steps_per_epoch = math.ceil(len(epoch_batches(np.arange(len(data.train)), cfg.batch_size, cfg.seed, 1))
                                 / cfg.accum_steps)
-    lr_ctrl = LrController(optimizer, tower_optim, cfg.epochs * steps_per_epoch)
+    lr_ctrl = LrController(optimizer, tower_optim, cfg.epochs * steps_per_epoch,
+                           lower_is_better=cfg.val_metric.split("/")[-1] in LOWER_IS_BETTER)
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 

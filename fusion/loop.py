@@ -40,8 +40,8 @@ class EpochTask(Protocol):
     def save_best(self, epoch: int, value: Optional[float], val: dict) -> None:
         """Writes the best-epoch artefacts (``value`` None when there is no validation)."""
 
-    def end_epoch(self, improved: bool) -> None:
-        """End-of-epoch hook (the lr plateau rule)."""
+    def end_epoch(self, improved: bool, value: Optional[float]) -> None:
+        """End-of-epoch hook (the lr plateau rule; ``value`` None without validation)."""
 
     def state(self) -> dict:
         """Model, optimiser, lr and scaler states for ``last.pt``."""
@@ -186,7 +186,7 @@ def run_epochs(task: EpochTask, state: LoopState, *, epochs: int, seed: int, val
             task.save_best(epoch, value if has_val else None, val)
         else:
             state.bad += 1
-        task.end_epoch(improved)
+        task.end_epoch(improved, value if has_val else None)
         state.stopped = bool(has_val and early_stop and state.bad >= early_stop)
         state.history.append(record)
         write_history(metrics_path, state.history)

@@ -30,7 +30,7 @@ from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feat
 from fusion.encode import embedding_similarity, encode_bank
 from fusion.factory import build_head, uses_tokens
 from fusion.heads import RetrievalHead
-from fusion.loop import (LoopState, epoch_seed, is_better, load_resume_state, metric_value,  # noqa: F401
+from fusion.loop import (LOWER_IS_BETTER, LoopState, epoch_seed, is_better, load_resume_state, metric_value,  # noqa: F401
                          optimizer_step, read_history, rng_state, run_epochs, set_rng_state, write_history)
 from fusion.optim import LrController, OptimConfig, build_optimizer, resolve_optim
 from vidfuse.config import config_to_dict, save_config
@@ -214,9 +214,9 @@ class _HeadEpochs:
         save_atomic({"model": self.head.state_dict(), **self.best_extra, "epoch": epoch,
                      "metric_name": self.cfg.val_metric, "best_metric": value, "val": val}, self.out / CHECKPOINT)
 
-    def end_epoch(self, improved: bool) -> None:
+    def end_epoch(self, improved: bool, value: Optional[float]) -> None:
         if self.lr_ctrl:
-            self.lr_ctrl.end_epoch(improved)
+            self.lr_ctrl.end_epoch(improved, value)
 
     def state(self) -> dict:
         return {"model": self.head.state_dict(),
@@ -258,7 +258,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = build_optimizer(head, cfg.optim, head.no_weight_decay()) if trainable else None
     batches_per_epoch = len(epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, 1))
-    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch) if optimizer else None
+    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch,
+                           lower_is_better=cfg.val_metric.split("/")[-1] in LOWER_IS_BETTER) if optimizer else None
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 

@@ -3,10 +3,12 @@
 Text->video runs through the FAISS index (top-``k``; DLLFA re-ranks those ``k`` with its
 full score) and, by brute force over the same videos, exactly, so an approximate index
 reports the recall it loses. Video->text ranks all captions, every caption of the video
-relevant. Ties: the optimistic rank (1 + candidates scored strictly higher) unless
-``ties`` says otherwise (``pessimistic``, ``average``: exactly tied videos earn no credit),
-stated in every metrics dict. ``subsets`` adds exact t2v recall over named sets of captions
-(e.g. the synthetic set's order-dependent captions).
+relevant. Ties: ``ties`` of :mod:`index.metrics` (default the optimistic rank, 1 + candidates
+scored strictly higher; ``average``/``pessimistic`` give exactly tied candidates no credit;
+``official`` reports as the official LAFF evaluation does), stated in metrics.json and in
+the title of table.md. With another mode, the optimistic t2v figures are reported beside.
+``subsets`` adds exact t2v recall over named sets of captions (e.g. the synthetic set's
+order-dependent captions).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from index.metrics import DEFAULT_KS, inner_product_rows, t2v_v2t_metrics
+from index.metrics import DEFAULT_KS, OFFICIAL, TIES, inner_product_rows, t2v_v2t_metrics
 from index.report import markdown_table, recall_plot, remove_temp_files, write_metrics_json, write_text
 from index.run_index import Run, load_index_for_run, rerank_hits
 from pipeline.job_lock import exclusive_folder
@@ -29,16 +31,28 @@ log = logging.getLogger(__name__)
 ROWS_FILE = "rows.json"
 
 
-def candidate_ranks(cand_scores: np.ndarray, cand_pos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def candidate_ranks(cand_scores: np.ndarray, cand_pos: np.ndarray, targets: np.ndarray,
+                    ties: str = "optimistic") -> np.ndarray:
     """Rank of each query's target within its retrieved candidates; inf when not retrieved.
 
-    Optimistic tie rule, as the exact metrics: 1 + candidates scored strictly higher.
+    The tie rule of the exact metrics: optimistic = 1 + candidates scored strictly higher,
+    pessimistic adds the other candidates tied with it, average is the mean of the two,
+    official also counts the tied candidates of larger video position.
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     hit = cand_pos == targets[:, None]
     found = hit.any(axis=1)
-    target_score = np.where(found, cand_scores[np.arange(len(targets)), hit.argmax(axis=1)], np.inf)
-    ranks = 1.0 + (cand_scores > target_score[:, None]).sum(axis=1)
-    return np.where(found, ranks, np.inf)
+    target_score = np.where(found, cand_scores[np.arange(len(targets)), hit.argmax(axis=1)], np.inf)[:, None]
+    higher = (cand_scores > target_score).sum(axis=1)
+    tied_others = (cand_scores == target_score).sum(axis=1) - 1
+    if ties == "pessimistic":
+        higher = higher + tied_others
+    elif ties == "average":
+        higher = higher + 0.5 * tied_others
+    elif ties == OFFICIAL:
+        higher = higher + ((cand_scores == target_score) & (cand_pos > targets[:, None])).sum(axis=1)
+    return np.where(found, 1.0 + higher, np.inf)
 
 
 def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int], k_searched: int) -> dict:
@@ -54,8 +68,11 @@ def _update_report(out_dir: str, name: str, result: dict, ranks: dict) -> None:
     rows.append({"model": name, "t2v": result["exact"]["t2v"], "v2t": result["exact"]["v2t"],
                  "t2v_ranks": ranks["t2v"].tolist()})
     write_metrics_json(rows_path, rows)
+    modes = {r["model"]: r["t2v"].get("ties", "optimistic") for r in rows}
+    said = (f"{result['ties']} ties" if set(modes.values()) == {result["ties"]}
+            else "ties: " + ", ".join(f"{m} {t}" for m, t in modes.items()))
     table = markdown_table(rows, title=f"{result['split']} split, {result['num_videos']} videos, "
-                                       f"{result['num_captions']} captions ({result['ties']} ties)")
+                                       f"{result['num_captions']} captions ({said})")
     write_text(os.path.join(out_dir, "table.md"), table)
     recall_plot(os.path.join(out_dir, "recall.png"),
                 {r["model"]: np.asarray(r["t2v_ranks"]) for r in rows},
@@ -75,7 +92,12 @@ def run_benchmark(
     ties: str = "optimistic",
     subsets: dict[str, Sequence[str]] | None = None,
 ) -> dict:
-    """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png."""
+    """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png.
+
+    ``ties``: how tied scores rank (see :mod:`index.metrics`); recorded in every report.
+    """
+    if ties not in TIES:
+        raise VidfuseError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     import torch
 
     from fusion.checkpoint import check_banks
@@ -130,13 +152,13 @@ def run_benchmark(
         result.setdefault("subsets", {})[subset] = {"captions": int(mask.sum()), **{
             ("t2v" if mode == ties else f"{mode}_t2v"): recall_from_ranks(r[mask], DEFAULT_KS, max(DEFAULT_KS))
             for mode, r in t2v_ranks.items()}}
-    via_index = {"k": k, "t2v": recall_from_ranks(candidate_ranks(cand_scores, cand_pos, targets), DEFAULT_KS, k)}
+    via_index = {"k": k, "t2v": recall_from_ranks(candidate_ranks(cand_scores, cand_pos, targets, ties), DEFAULT_KS, k)}
     if not exact_index:
         # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.
-        stage1 = t2v_v2t_metrics(stage1_rows, targets, num_videos=len(index.ids))
+        stage1 = t2v_v2t_metrics(stage1_rows, targets, ties=ties, num_videos=len(index.ids))
         reranked = rerank_hits(head, texts, videos, cand_pos)
         via_index["stage1_t2v"] = via_index.pop("t2v")
-        via_index["t2v"] = recall_from_ranks(candidate_ranks(reranked, cand_pos, targets), DEFAULT_KS, k)
+        via_index["t2v"] = recall_from_ranks(candidate_ranks(reranked, cand_pos, targets, ties), DEFAULT_KS, k)
         result["exact_stage1"] = stage1
     via_index["recall_lost"] = {key: exact["t2v"][key] - value for key, value in via_index["t2v"].items()}
     result["via_index"] = via_index

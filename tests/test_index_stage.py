@@ -199,6 +199,16 @@ def test_benchmark_flat_through_index_equals_exact_and_writes_the_report(stage_d
                 for v in range(len(banks.video_ids))]
     assert exact["v2t"]["R@1"] == pytest.approx(100 * np.mean(np.array(v2t_best) <= 1))
 
+    # the same run with another tie rule: each report says which one it used
+    assert cli("benchmark", "--run", runs["laff_ml"], "--index", index, "--out", report, "--ties", "average",
+               "--name", "laff_ml_average") == 0
+    capsys.readouterr()
+    averaged = json.loads((report / "metrics.json").read_text())
+    assert averaged["ties"] == averaged["exact"]["t2v"]["ties"] == averaged["exact"]["v2t"]["ties"] == "average"
+    assert averaged["exact"]["t2v"]["MeanR"] >= exact["t2v"]["MeanR"]
+    title = (report / "table.md").read_text().splitlines()[0]
+    assert "optimistic" in title and "laff_ml_average average" in title, title
+
 
 def test_benchmark_dllfa_reports_stage1_and_reranked_numbers(stage_data, runs, tmp_path):
     from fusion.encode import similarity_matrix
