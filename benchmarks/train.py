@@ -142,7 +142,7 @@ def shuffled_control(workdir: Path, config: str, seed: int, ties: str) -> dict:
     cv = data.caption_video.copy()
     cv[data.train_captions] = np.random.default_rng(seed).permutation(cv[data.train_captions])
     data.caption_video = cv
-    out = workdir / "runs" / f"control_{config}"
+    out = workdir / "runs" / f"control_{config}_seed{seed}"
     if not (out / "checkpoint.pt").is_file():
         trainer.train(cfg, data, out, resume=False, progress=False)
     head, _, _ = load_run(out)
@@ -168,8 +168,15 @@ def quality(workdir: Path, videos: int, seeds: int, only_seed: Optional[int] = N
         per_seed.append(results)
         print(f"  seed {seed}: demo {time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU "
               f"(this process)", flush=True)
-    if only_seed is not None:
-        return  # run folders kept under --workdir: a later run without --only-seed reuses them
+    if only_seed is None:  # with it, run folders stay under --workdir: a later run without it reuses them
+        print_quality(per_seed)
+
+
+def print_quality(per_seed: list[dict]) -> None:
+    """Mean ± std over seeds of the demo's test metrics, chance, and whether each target is met."""
+    from vidfuse.demo import DEMO_TIES, ORDER_SUBSET, chance_levels
+
+    seeds = len(per_seed)
     first = per_seed[0]["laff"]
     chance = chance_levels(first["num_videos"], first["num_captions"])
     print(f"\n  test: {first['num_videos']} videos, {first['num_captions']} captions, {DEMO_TIES} ties; "
@@ -189,6 +196,8 @@ def quality(workdir: Path, videos: int, seeds: int, only_seed: Optional[int] = N
             try:
                 v = np.array([get(s[name]) for s in per_seed], dtype=float)
             except (KeyError, TypeError):
+                v = np.array([np.nan])
+            if np.isnan(v).any():
                 cells.append("–")
                 continue
             stats[(name, col)] = (v.mean(), v.std())
