@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusion.checkpoint import (CHECKPOINT, LAST, CheckpointError, check_dims, check_vocab, head_dims, load_checkpoint,
-                               save_atomic)
+from fusion.checkpoint import (CHECKPOINT, LAST, CheckpointError, check_dims, check_recipe, check_vocab, head_dims,
+                               load_checkpoint, save_atomic)
 from fusion.config import HeadConfig, check_train_config
 from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feature_dims
 from fusion.encode import embedding_similarity, encode_bank
@@ -58,7 +58,8 @@ class TrainConfig:
     val_metric: str = "t2v/mIR"  # "<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>"
     val_batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)
+    amp: bool = True  # mixed precision on CUDA (never on a CPU: there training runs in float32)
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16) | float16 (+ grad scaling, as LAFF-ml) | bfloat16
     num_workers: int = 0  # DataLoader workers collating batches (h5py banks: keep 0)
 
 
@@ -86,6 +87,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for key in ("epochs", "batch_size", "val_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
+    if cfg.amp_dtype not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {cfg.amp_dtype!r})")
     out = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     out.optim = resolve_optim(cfg.optim, cfg.head.type)
     check_train_config(out)  # so library callers get the command line's value checks too
@@ -143,10 +146,17 @@ def _loader(ds: _Batches, cfg: TrainConfig, device: torch.device):
                                        pin_memory=device.type == "cuda")
 
 
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): off, in float32, unless ``amp`` on a CUDA device."""
     if not (cfg.amp and device.type == "cuda"):
         return False, torch.float32
-    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = getattr(cfg, "amp_dtype", "auto")  # configs without the key (clip-ft) pick automatically
+    if dtype == "auto":
+        return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return True, getattr(torch, dtype)
 
 
 def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_size: int = 256,
@@ -255,6 +265,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     state: Optional[dict] = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
+        check_recipe(state["config"], str(last_path))
         diffs = config_differences(state["config"], cfg_dict)
         if diffs:
             raise CheckpointError(f"cannot resume {out}: {'; '.join(diffs)} (start a new run, or resume=False)")

@@ -540,8 +540,9 @@ def test_nonfinite_vector_of_a_test_video_refuses_its_index_and_benchmark(stage_
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
 def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, features, tmp_path, capsys, fmt):
-    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF-ml (reads
-    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one."""
+    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF (reads
+    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one.
+    (LAFF-ml reads the frames: its frame level is multi-level LAFF's.)"""
     folder = features / FRAME_SET
     if fmt == "hdf5":
         _hdf5_only(folder)
@@ -552,7 +553,10 @@ def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, f
     err = _error(capsys, "train")
     assert repr(bad) in err and place in err and "frame matrix" in err and "NaN/inf" in err, err
     assert not (tmp_path / "meanp").exists()
-    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff_ml") == 0
+    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff") == 0
+    assert _train(stage_data, features, tmp_path / "laff_ml", "tiny_laff_ml") == 2
+    err = _error(capsys, "train")
+    assert repr(bad) in err and "frame matrix" in err, err
 
     meanp = runs["meanp"]
     assert _index(meanp, features, tmp_path / "index") == 0
