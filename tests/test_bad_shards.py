@@ -677,10 +677,10 @@ def test_damaged_text_folder(stage_data, runs, features, tmp_path, capsys, case)
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "not_a_vocabulary"])
-def test_damaged_bow_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
+def test_damaged_gru_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
                                                                          case):
-    """text/bow/vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
-    vocab = features / "text" / "bow" / "vocab.json"
+    """text/bow/gru_vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
+    vocab = features / "text" / "bow" / "gru_vocab.json"
     {"truncated": _truncate, "missing": Path.unlink, "not_a_vocabulary": lambda p: p.write_text("{}")}[case](vocab)
     run = runs["laff_ml"]
     index = built_index(stage_data, run)
