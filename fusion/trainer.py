@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusion.checkpoint import CHECKPOINT, LAST, check_dims, check_vocab, head_dims, save_atomic
+from fusion.checkpoint import CHECKPOINT, LAST, check_dims, check_recipe, check_vocab, head_dims, save_atomic
 from fusion.config import HeadConfig, check_train_config
 from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feature_dims
 from fusion.encode import embedding_similarity, encode_bank
@@ -54,7 +54,8 @@ class TrainConfig:
     val_metric: str = "t2v/mIR"  # "<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>"
     val_batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)
+    amp: bool = True  # mixed precision on CUDA (never on a CPU: there training runs in float32)
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16) | float16 (+ grad scaling, as LAFF-ml) | bfloat16
     num_workers: int = 0  # DataLoader workers collating batches (h5py banks: keep 0)
 
 
@@ -82,6 +83,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for key in ("epochs", "batch_size", "val_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
+    if cfg.amp_dtype not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {cfg.amp_dtype!r})")
     out = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     out.optim = resolve_optim(cfg.optim, cfg.head.type)
     check_train_config(out)  # so library callers get the command line's value checks too
@@ -135,10 +138,17 @@ def _loader(ds: _Batches, cfg: TrainConfig, device: torch.device):
                                        pin_memory=device.type == "cuda")
 
 
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): off, in float32, unless ``amp`` on a CUDA device."""
     if not (cfg.amp and device.type == "cuda"):
         return False, torch.float32
-    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = getattr(cfg, "amp_dtype", "auto")  # configs without the key (clip-ft) pick automatically
+    if dtype == "auto":
+        return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return True, getattr(torch, dtype)
 
 
 def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_size: int = 256,
@@ -245,7 +255,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
 
     remove_stale_temps(out)
     last_path, metrics_path = out / LAST, out / METRICS
-    state = load_resume_state(last_path, cfg_dict, RESUMABLE_CHANGES) if resume else None
+    state = load_resume_state(last_path, cfg_dict, RESUMABLE_CHANGES,
+                              lambda saved: check_recipe(saved["config"], str(last_path))) if resume else None
     if state is not None:
         check_dims(state["video_dims"], video_dims, "video", str(last_path))
         check_dims(state["text_dims"], text_dims, "text", str(last_path))

@@ -37,6 +37,7 @@ from vidfuse.errors import ConfigError, VidfuseError
 log = logging.getLogger(__name__)
 
 VOCAB_FILE = "vocab.json"
+GRU_VOCAB_FILE = "gru_vocab.json"  # extractors.text_gru's: written beside the bow vocabulary
 
 
 def text_feature_dir(features_dir: str, encoder: str) -> str:
@@ -72,12 +73,14 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 
-        vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        train_texts = _train_texts(captions, captions_path, splits_dir)
+        vocab = BowVocabulary.from_config(config.text.bow, train_texts)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
-                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE})
-        return BowEncoder(vocab).encode, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE, "gru_vocabulary": GRU_VOCAB_FILE})
+        return BowEncoder(vocab).encode, fields, lambda: _save_vocabularies(vocab, config.text.bow.min_count,
+                                                                            train_texts, out_dir)
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -87,6 +90,14 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
                       config=settings, config_hash=config_hash(settings), extra={})
         return encoder.encode, fields, lambda: None
     raise ConfigError(f"unknown text encoder {name!r}; choose from {list(TEXT_ENCODERS)}")
+
+
+def _save_vocabularies(vocab, min_count: int, train_texts: Sequence[str], out_dir: str) -> None:
+    """The bow vocabulary, and the GRU's own (same train captions and min count, stopwords kept)."""
+    from extractors.text_gru import GruVocabulary
+
+    vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+    GruVocabulary.build(train_texts, min_count).save(posixpath.join(out_dir, GRU_VOCAB_FILE))
 
 
 def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:

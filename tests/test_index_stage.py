@@ -60,7 +60,7 @@ def test_flat_index_equals_numpy_brute_force_over_the_run_embeddings(stage_data,
     assert index.meta["run"] == run.path and index.meta["head"] == "laff_ml"
     assert index.meta["extra"]["split"] == "test" and index.meta["extra"]["exact"] is True
     videos = encode_run_videos(run, str(stage_data.features), test_ids)
-    assert videos.shape == (len(test_ids), 128)
+    assert videos.shape == (len(test_ids), run.config.head.laff_ml.dim)  # concat_h(e_h) / sqrt(h)
     np.testing.assert_allclose(np.linalg.norm(videos, axis=1), 1.0, rtol=1e-5)  # concat_h(e_h)/sqrt(h)
     np.testing.assert_array_equal(index.reconstruct_all(), videos)
 
@@ -342,3 +342,43 @@ def test_dllfa_rerank_through_an_approximate_index_skips_missing_hits(stage_data
     hits = searcher.search(banks.captions[0].text, 10)
     assert 0 < len(hits) < 10 and all(np.isfinite(h.score) for h in hits)
     assert len({h.video_id for h in hits}) == len(hits)
+
+
+# --------------------------------------------------------------------------- runs of an earlier recipe
+
+
+def _as_old_laff_ml(run_dir) -> None:
+    """Rewrite a run's stored configs as an earlier vidfuse wrote them: laff_ml meant the
+    multi-head block (no batch_norm key, a projecting frame_pool)."""
+    import torch
+
+    for name in ("checkpoint.pt", "last.pt"):
+        ckpt = torch.load(run_dir / name, weights_only=False)
+        section = ckpt["config"]["head"]["laff_ml"]
+        section.pop("batch_norm")
+        section["frame_pool"] = {"dim": 0, "dropout": 0.2}
+        torch.save(ckpt, run_dir / name)
+
+
+def test_runs_of_the_earlier_laff_ml_are_refused_not_misread(stage_data, runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "old_laff_ml"
+    shutil.copytree(runs["laff_ml"], run)
+    _as_old_laff_ml(run)
+    index = tmp_path / "index"
+    assert cli("index", "--run", run, "--out", index, "--split", "test", "--device", "cpu") == 2
+    err = _error(capsys, "index")
+    assert "multi-head LAFF" in err and "multi-level" in err and "--fresh" in err, err
+    assert not index.exists()
+    good_index = built_index(stage_data, runs["laff_ml"])
+    assert cli("benchmark", "--run", run, "--index", good_index, "--out", tmp_path / "report") == 2
+    assert "multi-level" in _error(capsys, "benchmark")
+    assert cli("search", "--run", run, "--index", good_index, "a red circle") == 2
+    assert "multi-level" in _error(capsys, "search")
+    # resuming it is refused the same way; --fresh retrains it under today's recipe
+    train = ("train", "--features", stage_data.features, "--captions", stage_data.captions, "--config",
+             "tiny_laff_ml", "--out", run, "--set", "epochs=1", "--no-progress")
+    assert cli(*train) == 2
+    assert "multi-level" in _error(capsys, "train")
+    assert cli(*train, "--fresh") == 0
