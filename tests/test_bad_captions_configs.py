@@ -508,7 +508,7 @@ CONFIG_VALUES = [
     ("train", "batch_size=-3", ["batch_size must be >= 1 (got -3)"]),
     ("train", "head.laff_ml.dim=0", ["head.laff_ml.dim must be >= 1, got 0"]),
     ("train", "head.laff_ml.heads=0", ["head.laff_ml.heads must be >= 1, got 0"]),
-    ("train", "head.laff_ml.dim=130", ["head.laff_ml.dim must be a multiple of head.laff_ml.heads=4, got 130"]),
+    ("train", "head.laff_ml.dim=129", ["head.laff_ml.dim must be a multiple of head.laff_ml.heads=2, got 129"]),
     ("train", "head.laff_ml.dropout=1.5", ["head.laff_ml.dropout must be in [0, 1), got 1.5"]),
     ("train", "head.laff_ml.video_features=[x3d]", ["head.laff_ml.video_features has no '<name>@frames' feature",
                                                     "multi-level", "head.type=laff"]),
