@@ -209,7 +209,7 @@ def test_second_training_into_a_run_folder_in_use_is_refused(stage_data, tmp_pat
 
 
 def test_gru_reads_its_own_vocabulary_and_starts_from_word2vec(stage_data, tmp_path):
-    """The GRU's token ids come from text/bow/gru_vocab.json (stopwords kept, <start> ... <end>);
+    """The GRU's token ids come from text/bow/_gru_vocab.json (stopwords kept, <start> ... <end>);
     head.gru.word2vec puts each vocabulary word's vector in its embedding row."""
     from extractors.text_gru import END, START, GruVocabulary
     from vidfuse.errors import VidfuseError
@@ -217,8 +217,10 @@ def test_gru_reads_its_own_vocabulary_and_starts_from_word2vec(stage_data, tmp_p
     from pipeline.training_set import Corpus, build_train_data
     from vidfuse.config import load_config
 
-    vocab = GruVocabulary.load(stage_data.features / "text" / "bow" / "gru_vocab.json")
-    assert "a" in vocab.words and "a" not in json.loads((stage_data.features / "text" / "bow" / "vocab.json")
+    from pipeline.text_job import GRU_VOCAB_FILE, VOCAB_FILE
+
+    vocab = GruVocabulary.load(stage_data.features / "text" / "bow" / GRU_VOCAB_FILE)
+    assert "a" in vocab.words and "a" not in json.loads((stage_data.features / "text" / "bow" / VOCAB_FILE)
                                                           .read_text())["words"]
     words = vocab.tokens[4:10]
     rng = np.random.default_rng(0)
