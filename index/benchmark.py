@@ -3,8 +3,12 @@
 Text->video runs through the FAISS index (top-``k``; DLLFA re-ranks those ``k`` with its
 full score) and, by brute force over the same videos, exactly, so an approximate index
 reports the recall it loses. Video->text ranks all captions, every caption of the video
-relevant. Ties: the optimistic rank (1 + candidates scored strictly higher), stated in
-every metrics dict.
+relevant. Ties: ``ties`` of :mod:`index.metrics` (default the optimistic rank, 1 + candidates
+scored strictly higher; ``average``/``pessimistic`` give exactly tied candidates no credit;
+``official`` reports as the official LAFF evaluation does), stated in metrics.json and in
+the title of table.md. With another mode, the optimistic t2v figures are reported beside.
+``subsets`` adds exact t2v recall over named sets of captions (e.g. the synthetic set's
+order-dependent captions).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from index.metrics import DEFAULT_KS, inner_product_rows, t2v_v2t_metrics
+from index.metrics import DEFAULT_KS, OFFICIAL, TIES, inner_product_rows, t2v_v2t_metrics
 from index.report import markdown_table, recall_plot, remove_temp_files, write_metrics_json, write_text
 from index.run_index import Run, encoded_chunks, load_index_for_run, rerank_hits
 from pipeline.job_lock import exclusive_folder
@@ -27,16 +31,28 @@ log = logging.getLogger(__name__)
 ROWS_FILE = "rows.json"
 
 
-def candidate_ranks(cand_scores: np.ndarray, cand_pos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def candidate_ranks(cand_scores: np.ndarray, cand_pos: np.ndarray, targets: np.ndarray,
+                    ties: str = "optimistic") -> np.ndarray:
     """Rank of each query's target within its retrieved candidates; inf when not retrieved.
 
-    Optimistic tie rule, as the exact metrics: 1 + candidates scored strictly higher.
+    The tie rule of the exact metrics: optimistic = 1 + candidates scored strictly higher,
+    pessimistic adds the other candidates tied with it, average is the mean of the two,
+    official also counts the tied candidates of larger video position.
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     hit = cand_pos == targets[:, None]
     found = hit.any(axis=1)
-    target_score = np.where(found, cand_scores[np.arange(len(targets)), hit.argmax(axis=1)], np.inf)
-    ranks = 1.0 + (cand_scores > target_score[:, None]).sum(axis=1)
-    return np.where(found, ranks, np.inf)
+    target_score = np.where(found, cand_scores[np.arange(len(targets)), hit.argmax(axis=1)], np.inf)[:, None]
+    higher = (cand_scores > target_score).sum(axis=1)
+    tied_others = (cand_scores == target_score).sum(axis=1) - 1
+    if ties == "pessimistic":
+        higher = higher + tied_others
+    elif ties == "average":
+        higher = higher + 0.5 * tied_others
+    elif ties == OFFICIAL:
+        higher = higher + ((cand_scores == target_score) & (cand_pos > targets[:, None])).sum(axis=1)
+    return np.where(found, 1.0 + higher, np.inf)
 
 
 def recall_from_ranks(ranks: np.ndarray, ks: Sequence[int], k_searched: int) -> dict:
@@ -84,8 +100,11 @@ def _update_report(out_dir: str, name: str, result: dict, ranks: dict) -> None:
     rows.append({"model": via_name, "run": name, "t2v": via["t2v"], "t2v_ranks": ranks["via_index"].tolist()})
     rows.append({"model": CHANCE, **result["chance"]})
     write_metrics_json(rows_path, rows)
+    modes = {r["model"]: r["t2v"].get("ties", "optimistic") for r in rows}
+    said = (f"{result['ties']} ties" if set(modes.values()) == {result["ties"]}
+            else "ties: " + ", ".join(f"{m} {t}" for m, t in modes.items()))
     table = markdown_table(rows, title=f"{result['split']} split, {result['num_videos']} videos, "
-                                       f"{result['num_captions']} captions ({result['ties']} ties); "
+                                       f"{result['num_captions']} captions ({said}); "
                                        f"'via index' rows rank through the FAISS index (t2v only, R@K up to its "
                                        f"search depth), 'chance' is a random ranking")
     write_text(os.path.join(out_dir, "table.md"), table)
@@ -111,13 +130,18 @@ def run_benchmark(
     k: int = 100,
     name: str | None = None,
     device: str = "auto",
+    ties: str = "optimistic",
+    subsets: dict[str, Sequence[str]] | None = None,
 ) -> dict:
     """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png.
 
     Videos are encoded chunk by chunk (only their index embeddings are kept, n x d floats),
     exact scores are made 256 MB at a time, and captions go through the index 4096 at a time.
     ``device``: where the FAISS index searches (auto: the GPU when FAISS has one).
+    ``ties``: how tied scores rank (see :mod:`index.metrics`); recorded in every report.
     """
+    if ties not in TIES:
+        raise VidfuseError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
     import torch
 
     from fusion.checkpoint import check_banks
@@ -165,7 +189,7 @@ def run_benchmark(
     stage1_rows = inner_product_rows(t_query, v_index)
     full = stage1_rows if exact_index else embedding_similarity(head, text_emb, video_emb)
     score_rows = max(1, min(4096, SCORE_CHUNK_BYTES // (4 * max(n_vid, 1))))
-    exact, ranks = t2v_v2t_metrics(full, targets, num_videos=n_vid, return_ranks=True, chunk_size=score_rows)
+    exact, ranks = t2v_v2t_metrics(full, targets, ties=ties, num_videos=n_vid, return_ranks=True, chunk_size=score_rows)
 
     k = max(1, min(k, n_vid))
     cand_scores = np.empty((len(queries), k), np.float32)
@@ -175,17 +199,28 @@ def run_benchmark(
     result = {
         "run": run.path, "index": os.path.abspath(index_dir), "head": run.config.head.type,
         "split": split, "num_videos": len(index.ids), "num_captions": len(queries), "left_out_videos": sorted(left_out),
-        "ties": "optimistic", "factory": index.meta.get("factory"), "index_device": index.device,
+        "ties": ties, "factory": index.meta.get("factory"), "index_device": index.device,
         "search_params": index.meta.get("search_params", {}), "exact": exact,
     }
-    via_ranks = candidate_ranks(cand_scores, cand_pos, targets)
+    t2v_ranks = {ties: ranks["t2v"]}
+    if ties != "optimistic":  # what the sort-order-free optimistic count would have given, beside it
+        optimistic, opt_ranks = t2v_v2t_metrics(full, targets, ties="optimistic", num_videos=n_vid,
+                                                return_ranks=True, chunk_size=score_rows)
+        result["optimistic_t2v"], t2v_ranks["optimistic"] = optimistic["t2v"], opt_ranks["t2v"]
+    for subset, caption_ids in (subsets or {}).items():
+        wanted = set(caption_ids)
+        mask = np.fromiter((c.caption_id in wanted for c in queries), dtype=bool, count=len(queries))
+        result.setdefault("subsets", {})[subset] = {"captions": int(mask.sum()), **{
+            ("t2v" if mode == ties else f"{mode}_t2v"): recall_from_ranks(r[mask], DEFAULT_KS, max(DEFAULT_KS))
+            for mode, r in t2v_ranks.items()}}
+    via_ranks = candidate_ranks(cand_scores, cand_pos, targets, ties)
     via_index = {"k": k, "t2v": recall_from_ranks(via_ranks, DEFAULT_KS, k)}
     if not exact_index:
         # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.
-        stage1 = t2v_v2t_metrics(stage1_rows, targets, num_videos=n_vid, chunk_size=score_rows)
+        stage1 = t2v_v2t_metrics(stage1_rows, targets, ties=ties, num_videos=n_vid, chunk_size=score_rows)
         reranked = rerank_hits(head, texts, videos, cand_pos)
         via_index["stage1_t2v"] = via_index.pop("t2v")
-        via_ranks = candidate_ranks(reranked, cand_pos, targets)
+        via_ranks = candidate_ranks(reranked, cand_pos, targets, ties)
         via_index["t2v"] = recall_from_ranks(via_ranks, DEFAULT_KS, k)
         result["exact_stage1"] = stage1
     ranks["via_index"] = via_ranks

@@ -545,8 +545,9 @@ def test_nonfinite_vector_of_a_test_video_refuses_its_index_and_benchmark(stage_
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
 def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, features, tmp_path, capsys, fmt):
-    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF-ml (reads
-    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one."""
+    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF (reads
+    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one.
+    (LAFF-ml reads the frames: its frame level is multi-level LAFF's.)"""
     folder = features / FRAME_SET
     if fmt == "hdf5":
         _hdf5_only(folder)
@@ -557,7 +558,10 @@ def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, f
     err = _error(capsys, "train")
     assert repr(bad) in err and place in err and "frame matrix" in err and "NaN/inf" in err, err
     assert not (tmp_path / "meanp").exists()
-    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff_ml") == 0
+    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff") == 0
+    assert _train(stage_data, features, tmp_path / "laff_ml", "tiny_laff_ml") == 2
+    err = _error(capsys, "train")
+    assert repr(bad) in err and "frame matrix" in err, err
 
     meanp = runs["meanp"]
     assert _index(meanp, features, tmp_path / "index") == 0
@@ -678,10 +682,10 @@ def test_damaged_text_folder(stage_data, runs, features, tmp_path, capsys, case)
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "not_a_vocabulary"])
-def test_damaged_bow_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
+def test_damaged_gru_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
                                                                          case):
-    """text/bow/vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
-    vocab = features / "text" / "bow" / "_vocab.json"
+    """text/bow/_gru_vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
+    vocab = features / "text" / "bow" / "_gru_vocab.json"
     {"truncated": _truncate, "missing": Path.unlink, "not_a_vocabulary": lambda p: p.write_text("{}")}[case](vocab)
     run = runs["laff_ml"]
     index = built_index(stage_data, run)
