@@ -242,23 +242,24 @@ def _flip_byte(path: Path, offset: int) -> None:
 def _dmg_flipped_byte_in_parquet_vectors(f):  # bit rot inside a data page; the footer is fine
     import pyarrow.parquet as pq
 
-    path = _first(f, ".parquet")
-    meta = pq.ParquetFile(path).metadata.row_group(0)
-    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("feature"))
-    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
-    _flip_byte(path, start + chunk.total_compressed_size // 2)
-    return [path.name, "cannot read column 'feature'"]
+    # in every shard: a stage reads the vectors only of the shards holding the videos it needs
+    for path in _shards(f, ".parquet"):
+        meta = pq.ParquetFile(path).metadata.row_group(0)
+        chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("feature"))
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        _flip_byte(path, start + chunk.total_compressed_size // 2)
+    return [".parquet", "cannot read column 'feature'"]
 
 
 def _dmg_flipped_byte_in_hdf5_vectors(f):
     import h5py
 
     _hdf5_only(f)
-    path = _first(f, ".h5")
-    with h5py.File(path, "r") as h5:
-        chunk = h5["features"].id.get_chunk_info(0)
-    _flip_byte(path, chunk.byte_offset + chunk.size // 2)
-    return [path.name, "cannot read dataset 'features'"]
+    for path in _shards(f, ".h5"):  # in every shard, as above
+        with h5py.File(path, "r") as h5:
+            chunk = h5["features"].id.get_chunk_info(0)
+        _flip_byte(path, chunk.byte_offset + chunk.size // 2)
+    return [".h5", "cannot read dataset 'features'"]
 
 
 def _dmg_truncated_hdf5_copy(f):  # the Parquet copy, which is read, is fine

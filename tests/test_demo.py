@@ -51,7 +51,7 @@ def test_demo_ends_with_the_table_and_a_rerun_reuses_the_work(tmp_path, capsys, 
     for head in (*HEADS, *FINETUNED):
         assert json.loads((work / "runs" / head / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] >= 1
     for extractor in ("clip", "x3d"):  # the features come from the fine-tuned weights
-        manifest = json.loads((work / "features" / extractor / "manifest.json").read_text())
+        manifest = json.loads((work / "features" / extractor / "_manifest.json").read_text())
         assert str(work / "runs" / f"{extractor}_ft" / f"{extractor}_ft.pt") in json.dumps(manifest)
 
     caplog.clear()

@@ -65,7 +65,7 @@ def test_the_demo_runs_from_the_wheel_outside_the_source_tree(wheel, tmp_path):
                           cwd=user, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout.splitlines()
-    assert any(line.startswith("| tiny_laff_ml |") for line in out), done.stdout[-2000:]
+    assert any(line.startswith("| laff |") for line in out), done.stdout[-2000:]
     # the stage counter reaches its last stage
     stages = [m.groups() for m in (re.search(r"\b(\d+)/(\d+) ", line) for line in out if "─" in line) if m]
     assert stages and stages[-1][0] == stages[-1][1], stages

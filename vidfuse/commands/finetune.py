@@ -33,7 +33,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     add_device_arg(p, default=None, what="override the config's device: ")
     p.add_argument("--num-workers", type=int, default=None, help="override the config's DataLoader decode workers")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
     p.set_defaults(func=run)
 
 
