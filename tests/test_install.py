@@ -47,6 +47,7 @@ def test_the_wheel_carries_the_bundled_configs_and_model_files(wheel):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the whole demo (20 videos) plus a venv: about 5 min at load 12, over 10 at load 20
 def test_the_demo_runs_from_the_wheel_outside_the_source_tree(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)

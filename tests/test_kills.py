@@ -520,7 +520,9 @@ _LAUNCHER = """
 import subprocess, sys, time
 from pipeline.job_lock import exclusive_folder
 with exclusive_folder(sys.argv[1], "extract job"):
-    worker = subprocess.Popen([sys.executable, "-c", "import sys; open(sys.argv[1]).read()", sys.argv[2]])
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True); open(sys.argv[1]).read()", sys.argv[2]],
+                              stdout=subprocess.PIPE)
+    worker.stdout.readline()  # it runs: /proc shows its environment (empty for a moment after exec returns)
     print(worker.pid, flush=True)
     time.sleep(120)
 """
