@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfuse.commands.common import add_config_args, add_device_arg, no_new_folder_if_refused
+from vidfuse.commands.common import add_training_run_args, no_new_folder_if_refused
 from vidfuse.errors import ConfigError
 
 
@@ -26,14 +26,8 @@ def register(subparsers, name: str, help_text: str) -> None:
         ),
     )
     p.add_argument("--videos", required=True, help="folder of videos (searched recursively; ids as extract names them)")
-    p.add_argument("--captions", required=True, help="caption file (LAFF text, MSR-VTT JSON, CSV, JSONL)")
-    p.add_argument("--splits", default=None, help="folder of train/val/test.txt (default: beside --captions)")
-    p.add_argument("--out", required=True, help="run folder (<extractor>_ft.pt, config.yaml, metrics.jsonl, last.pt)")
-    add_config_args(p, "train", "clip_ft")
-    add_device_arg(p, default=None, what="override the config's device: ")
+    add_training_run_args(p, "clip_ft", "run folder (<extractor>_ft.pt, config.yaml, metrics.jsonl, last.pt)")
     p.add_argument("--num-workers", type=int, default=None, help="override the config's DataLoader decode workers")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
     p.set_defaults(func=run)
 
 
