@@ -44,7 +44,7 @@ def train_fps(cfg: ClipFtConfig, data, out: Path) -> float:
 
 def decode_fps(cfg: ClipFtConfig, data, rounds: int = 3) -> float:
     """Frames per second of decode + preprocess alone, in this process (best of ``rounds``)."""
-    clip = build_start_model(cfg.clip)
+    clip = build_start_model("clip", cfg.clip)
     ds = VideoFrames(data.train.paths, cfg.clip.sampling, clip.transform, cfg.decode, cfg.seed, epoch=1)
     best = float("inf")
     for _ in range(rounds):

@@ -6,6 +6,11 @@
   (c) retrieval_metrics on N×N scores generated chunk by chunk: time and peak memory
       (run in a fresh process so its max RSS is its own)
   (d) GPU vs CPU Flat, only when FAISS has GPU support and sees a GPU
+  (e) scale: 1M / 10M clustered vectors at 512 and 4096 dims (LAFF's index form), generated
+      chunk by chunk, indexed under a memory budget (--max-index-memory's choice and tuning):
+      build time, peak RSS, bytes on disk, recall@10 vs exact search, queries/s
+
+    python benchmarks/index.py --only e --scale 1M:512:4G,1M:4096:4G
 
     python benchmarks/index.py            # full sizes (~5-10 min on 2 cores)
     python benchmarks/index.py --quick    # small sizes (~1 min)
@@ -64,6 +69,7 @@ class Mixture:
     def __init__(self, d: int, centers: int, seed: int, m: int = 32, spread: float = 0.5,
                  noise: float = 0.3):
         self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.d, self.m, self.spread, self.noise = d, m, spread, noise
         self.basis = np.linalg.qr(self.rng.standard_normal((d, m)))[0].T.astype(np.float32)
         self.c = self.rng.standard_normal((centers, m)).astype(np.float32)
@@ -79,6 +85,17 @@ class Mixture:
             blk += z @ self.basis
             out[s:e] = normalize(blk)
         return out
+
+    def block(self, stream: int, index: int, rows: int) -> np.ndarray:
+        """Rows number ``index`` of ``stream`` (0 = base vectors, 1 = training sample, 2 = queries),
+        the same on every call: a dataset of any size is generated chunk by chunk, never whole."""
+        rng = np.random.default_rng([self.seed, stream, index])
+        z = rng.standard_normal((rows, self.m), dtype=np.float32) * np.float32(self.spread)
+        z += self.c[rng.integers(0, len(self.c), rows)]
+        blk = rng.standard_normal((rows, self.d), dtype=np.float32)
+        blk *= np.float32(self.noise * np.sqrt(self.m / self.d))
+        blk += z @ self.basis
+        return normalize(blk)
 
     def describe(self) -> str:
         return (f"{len(self.c)} Gaussians in a {self.m}-dim subspace (spread {self.spread}) + "
@@ -298,26 +315,117 @@ def section_d(n: int, d: int, nq: int, k: int = 10) -> None:
           f"recall GPU vs CPU {recall_at(pg, pc):.4f}")
 
 
+# ---------------------------------------------------------------- (e)
+def parse_scale(spec: str) -> list[tuple[int, int, str]]:
+    """'1M:512:4G,10M:4096:16G' -> [(1_000_000, 512, '4G'), ...]."""
+    out = []
+    for item in spec.split(","):
+        n, d, budget = item.split(":")
+        mult = {"K": 10**3, "M": 10**6}.get(n[-1].upper(), 1)
+        out.append((int(float(n.rstrip("kKmM")) * mult), int(d), budget))
+    return out
+
+
+def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float, out_dir: str) -> dict:
+    """Runs in its own process (its peak RSS is its own): one budgeted build, streamed."""
+    from index.autoindex import ExactTopK, auto_train_rows, budget_index, parse_memory, tune_search
+
+    mix = Mixture(d, 256, seed=7, spread=1.0)  # overlapping clusters: neighbours cross IVF list borders
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    index = budget_index(n, d, parse_memory(budget), device="cpu", seed=0)
+    rows = auto_train_rows(index, n)
+    sample = np.concatenate([mix.block(1, i, min(chunk, rows - s)) for i, s in enumerate(range(0, rows, chunk))])
+    gen_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    index.train(sample)
+    train_s = time.perf_counter() - t1
+    del sample
+    queries = mix.block(2, 0, nq)
+    exact = ExactTopK(queries, 10)
+    add_s = exact_s = 0.0
+    for i, s in enumerate(range(0, n, chunk)):
+        t = time.perf_counter()
+        x = mix.block(0, i, min(chunk, n - s))
+        gen_s += time.perf_counter() - t
+        t = time.perf_counter()
+        index.add(x, [f"v{j}" for j in range(s, s + x.shape[0])])
+        add_s += time.perf_counter() - t
+        t = time.perf_counter()
+        exact.add(x)
+        exact_s += time.perf_counter() - t
+    build_cpu = time.process_time() - cpu0
+    _, truth = exact.result()
+    tuning = tune_search(index, queries, truth, k=10, target=target)
+    t = time.perf_counter()
+    index.save(out_dir)
+    save_s = time.perf_counter() - t
+    on_disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    return {"n": n, "d": d, "budget": budget, "factory": index.meta["factory"], "train_rows": rows,
+            "generate_s": gen_s, "train_s": train_s, "add_s": add_s, "build_s": train_s + add_s,
+            "exact_s": exact_s, "save_s": save_s, "process_cpu_s_until_built": build_cpu,
+            "peak_rss": peak_rss(), "bytes_on_disk": on_disk, "estimated_bytes": index.meta["tuning"]["estimated_bytes"],
+            "tuning": tuning, "load": os.getloadavg()}
+
+
+def section_e(spec: str, nq: int = 1000, chunk: int = 50_000, target: float = 0.95) -> None:
+    import shutil
+    import tempfile
+
+    print(f"\n(e) scale: budgeted index over clustered vectors generated chunk by chunk ({chunk:,} rows), "
+          f"recall@10 vs exact search on {nq} held-out queries, tuned for recall {target}; fresh process each")
+    for n, d, budget in parse_scale(spec):
+        tmp = tempfile.mkdtemp(prefix="vidfuse-scale-")
+        try:
+            cmd = ["nice", "-n", "10" if n >= 10_000_000 else "5", sys.executable, os.path.abspath(__file__), "--_scale-child",
+                   json.dumps([n, d, budget, nq, chunk, target, os.path.join(tmp, "index")])]
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                print(f"  {n:,} x {d} under {budget}: FAILED after {time.perf_counter() - t0:.0f} s "
+                      f"(exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        t = r["tuning"]
+        print(f"  {n:,} x {d} under {budget}: {r['factory']} (trained on {r['train_rows']:,} rows)")
+        print(f"    build {r['build_s']:.0f} s (train {r['train_s']:.0f} s + add {r['add_s']:.0f} s; data generation "
+              f"{r['generate_s']:.0f} s and exact top-10 {r['exact_s']:.0f} s not counted), peak RSS "
+              f"{r['peak_rss'] / GiB:.2f} GiB, on disk {r['bytes_on_disk'] / GiB:.2f} GiB (estimated "
+              f"{r['estimated_bytes'] / GiB:.2f}), load avg {r['load'][0]:.1f}")
+        print(f"    {t['param']}: " + ", ".join(f"{x['value']} -> recall {x['recall']:.3f} at "
+                                             f"{x['queries_per_s']:.0f} q/s" for x in t["tried"]))
+        print(f"    picked {t['param']}={t['value']}: recall@10 {t['recall']:.3f}, {t['queries_per_s']:.0f} queries/s")
+        print("    " + json.dumps(r))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac'")
+    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, the scale runs, only by name)")
+    ap.add_argument("--scale", default="1M:512:4G,1M:4096:4G,1M:4096:16G,10M:512:4G,10M:4096:16G",
+                    help="section (e): N:DIM:BUDGET items, comma-separated")
     ap.add_argument("--_metrics-child", dest="child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_scale-child", dest="scale_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(metrics_child(*json.loads(args.child))))
         return 0
+    if args.scale_child:
+        print(json.dumps(scale_child(*json.loads(args.scale_child))))
+        return 0
     if args.quick:
         sizes = dict(a=(20_000, 512, 500), b=(100_000, 512, 500, 256, 20_000, 50_000, 128),
-                     c=(20_000, 256, 2048), d=(20_000, 512, 500))
+                     c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000))
     else:
         sizes = dict(a=(100_000, 512, 1000), b=(1_000_000, 512, 1000, 1024, 100_000, 200_000, 256),
-                     c=(100_000, 256, 2048), d=(100_000, 512, 1000))
+                     c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,))
     print(f"vidfuse index benchmarks ({'quick' if args.quick else 'full'}): faiss {faiss.__version__}, "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     for s in args.only:
-        {"a": section_a, "b": section_b, "c": section_c, "d": section_d}[s](*sizes[s])
+        {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e}[s](*sizes[s])
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     return 0
 

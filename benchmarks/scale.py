@@ -25,6 +25,13 @@ The driver prints a table with the growth ratios (largest N / smallest N; linear
     python benchmarks/scale.py --stage train --n 500 --workdir W --profile   # one stage, cProfile
     python benchmarks/scale.py --sizes 2000,20000 --stages synth,extract   # the extraction launcher's figures
     python benchmarks/scale.py --sizes 2000,20000,200000 --stages done-set,launcher   # the launcher alone
+    nice -n 5 python benchmarks/scale.py --text    # extract-text at 10k, 200k, 1M captions (~15 min)
+
+``--text`` measures ``extract-text`` alone at N captions (default 10k, 200k and 1M: MSR-VTT has
+200k) with every encoder (clip: the tiny config's random-init CLIP text tower; bow; w2v over a
+300-d word-vector file of the vocabulary), on a caption file with a realistic vocabulary
+(vidfuse.caption_corpus: Zipf over 4000 words, 4-20 words a caption). The caption file is
+written by a child of its own ("corpus"), not timed; "text" is the extraction.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ STAGES = ("synth", "extract", "text", "train", "index", "benchmark")
 # process, what the launcher does outside the workers' run: prepare the job (manifests, leftovers,
 # graph) and the after-run steps (shard list into the manifests, errors.jsonl), with the graph size.
 LAUNCHER_STAGES = ("done-set", "launcher")
+TEXT_STAGES = ("corpus", "captions")  # --text: write N captions; extract-text of them (every encoder)
+TEXT_SIZES = "10000,200000,1000000"
+W2V_DIM = 300
 EXTRACTORS = ("clip", "x3d")  # as vidfuse.demo.DEMO_EXTRACTORS
 EXTRACT_CONFIG = "tiny"
 HEAD = "tiny_laff_ml"
@@ -180,10 +190,39 @@ def _launcher_stage(stage: str, n: int, workdir: Path) -> str:
             f"{hwm:.0f} MiB), after the run {after_s:.2f} s: launcher {prepare_s + after_s:.2f} s")
 
 
+def run_text_stage(stage: str, n: int, workdir: Path, seed: int) -> str:
+    """``corpus``: N captions + split files + word vectors of their vocabulary; ``captions``: extract-text."""
+    corpus, w2v = workdir / "corpus", workdir / "w2v.txt"
+    if stage == "corpus":
+        import numpy as np
+
+        from vidfuse.caption_corpus import FUNCTION_WORDS, made_up_words, write_caption_corpus
+
+        write_caption_corpus(corpus, n, vocabulary=4000, seed=seed)
+        words = list(FUNCTION_WORDS) + made_up_words(4000 - len(FUNCTION_WORDS), seed)
+        rng = np.random.default_rng(seed)
+        with open(w2v, "w") as f:
+            f.write(f"{len(words)} {W2V_DIM}\n")
+            for w in words:
+                f.write(w + " " + " ".join(f"{x:.4f}" for x in rng.standard_normal(W2V_DIM)) + "\n")
+        return f"{n} captions, {len(words)} word vectors"
+    from pipeline.config import ExtractConfig
+    from pipeline.text_job import run_text_extraction
+    from vidfuse.config import load_config
+
+    cfg = load_config(ExtractConfig, EXTRACT_CONFIG, [f"text.w2v.path={w2v}"], kind="extract")
+    encoders = os.environ.get("VIDFUSE_SCALE_ENCODERS", "clip,bow,w2v").split(",")
+    written = run_text_extraction(str(corpus / "captions.txt"), str(workdir / "features"), cfg, encoders,
+                                  progress=False)
+    return ", ".join(f"{k}: {v}" for k, v in written.items())
+
+
 def run_stage(stage: str, n: int, workdir: Path, seed: int, epochs: int) -> str:
     """Runs one stage of the chain exactly as vidfuse.demo does; returns a one-line summary."""
     if stage in LAUNCHER_STAGES:
         return _launcher_stage(stage, n, workdir)
+    if stage in TEXT_STAGES:
+        return run_text_stage(stage, n, workdir, seed)
     p = _paths(workdir)
     if stage == "synth":
         ds = _dataset(workdir, n, seed)
@@ -316,7 +355,44 @@ def print_table(results: dict[int, dict[str, dict]], sizes: list[int]) -> None:
                       f"{r['max_procs']} proc, load {r['load']}]")
 
 
+def text_driver_main(args: argparse.Namespace) -> int:
+    """extract-text at each size in its own child; time and peak RSS, ratios to the smallest size."""
+    sizes = sorted(int(s) for s in (args.sizes if args.sizes != "500,2000" else TEXT_SIZES).split(","))
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vidfuse-text-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["VIDFUSE_SCALE_ENCODERS"] = args.encoders  # the children read it
+    print(f"text scale run: N captions = {sizes}, encoders {args.encoders}, work folder {root}")
+    print(f"cores {os.cpu_count()}, load average at start {_loadavg()}", flush=True)
+    rows = []
+    try:
+        with open(root / "stages.log", "a") as log:
+            for n in sizes:
+                workdir = root / f"c{n}"
+                shutil.rmtree(workdir, ignore_errors=True)
+                workdir.mkdir(parents=True)
+                run_child("corpus", n, workdir, args.seed, args.epochs, log)
+                r = run_child("captions", n, workdir, args.seed, args.epochs, log)
+                rows.append(r)
+                print(f"  N={n:<8} {r['seconds']:8.1f} s  peak RSS {r['peak_rss'] / MiB:6.0f} MiB  load {r['load']}"
+                      f"  | {r['summary']}", flush=True)
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        if len(rows) >= 2:
+            base = rows[0]
+            print(f"\n| captions | time (s) | peak RSS (MiB) | time ratio | N ratio | RSS ratio | load |")
+            print("|---:|---:|---:|---:|---:|---:|---|")
+            for r in rows:
+                print(f"| {r['n']} | {r['seconds']:.1f} | {r['peak_rss'] / MiB:.0f} | {r['seconds'] / base['seconds']:.1f} "
+                      f"| {r['n'] / base['n']:.0f} | {r['peak_rss'] / base['peak_rss']:.2f} | {r['load']} |")
+        if not args.keep and not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\nload average at end {_loadavg()}")
+    return 0
+
+
 def driver_main(args: argparse.Namespace) -> int:
+    if args.text:
+        return text_driver_main(args)
     sizes = [100, 400] if args.quick else [int(s) for s in args.sizes.split(",")]
     sizes = sorted(sizes)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vidfuse-scale-"))
@@ -365,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=3, help="training epochs (fixed so times compare)")
     # child mode
-    ap.add_argument("--stage", choices=STAGES + LAUNCHER_STAGES, help="run one stage in this process (what the driver calls)")
+    ap.add_argument("--text", action="store_true", help=f"extract-text alone at --sizes captions (default {TEXT_SIZES})")
+    ap.add_argument("--encoders", default="clip,bow,w2v", help="with --text: the text encoders run (default all)")
+    ap.add_argument("--stage", choices=STAGES + TEXT_STAGES + LAUNCHER_STAGES, help="run one stage in this process (what the driver calls)")
     ap.add_argument("--n", type=int, help="number of videos (with --stage)")
     ap.add_argument("--result", help="JSON file the child writes its figures to (with --stage)")
     ap.add_argument("--profile", action="store_true", help="with --stage: cProfile the stage, top 40 to stderr")

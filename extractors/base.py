@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 import torch
 
-from extractors.preprocess import frames_to_clips
+from extractors.preprocess import ClipTransform, frames_to_clips
 from pipeline.sampling import describe_sampling, sample_indices, validate_sampling
 from vidfuse.errors import ConfigError
 
@@ -134,6 +134,11 @@ class VideoExtractor(ABC):
         """uint8 [N,3,S,S] frames at the model's resolution -> float units (frames: [N,3,S,S])."""
         return self.transform.normalise(resized)
 
+    @property
+    def unit_transform(self):
+        """A picklable callable doing what ``preprocess`` does (DataLoader workers need no model)."""
+        return self.transform
+
     @abstractmethod
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """A batch of units already on ``self.device`` -> [B, dim]."""
@@ -219,12 +224,11 @@ class ClipLevelExtractor(VideoExtractor):
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [C*L,H,W,3] (clip-major, as the indices flatten) or [C,L,H,W,3] -> [C,3,L,S,S]."""
-        clip_len = self.config.sampling.clip_len
-        if isinstance(frames, np.ndarray) and frames.ndim == 5:
-            if frames.shape[1] != clip_len:
-                raise ValueError(f"{self.name}: clips of {frames.shape[1]} frames, expected clip_len {clip_len}")
-            frames = frames.reshape(-1, *frames.shape[2:])
-        return super().preprocess(frames)
+        return self.unit_transform(frames)
+
+    @property
+    def unit_transform(self) -> ClipTransform:
+        return ClipTransform(self.transform, self.config.sampling.clip_len, self.name)
 
     def units(self, resized: torch.Tensor) -> torch.Tensor:
         """uint8 [C*L,3,S,S] clip-major frames -> [C,3,L,S,S] clips."""

@@ -108,6 +108,23 @@ def frames_to_clips(x: torch.Tensor, clip_len: int) -> torch.Tensor:
     return x.reshape(c, clip_len, *x.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
 
 
+class ClipTransform:
+    """uint8 frames [C*L,H,W,3] (clip-major) or [C,L,H,W,3] -> clips [C,3,L,S,S].
+
+    A plain picklable callable, so DataLoader workers can preprocess without the model.
+    """
+
+    def __init__(self, transform, clip_len: int, name: str = "clip-level model"):
+        self.transform, self.clip_len, self.name = transform, int(clip_len), name
+
+    def __call__(self, frames) -> torch.Tensor:
+        if isinstance(frames, np.ndarray) and frames.ndim == 5:
+            if frames.shape[1] != self.clip_len:
+                raise ValueError(f"{self.name}: clips of {frames.shape[1]} frames, expected clip_len {self.clip_len}")
+            frames = frames.reshape(-1, *frames.shape[2:])
+        return frames_to_clips(self.transform(frames), self.clip_len)
+
+
 def as_tuple3(values: Sequence[float]) -> tuple[float, float, float]:
     vals = tuple(float(v) for v in values)
     if len(vals) != 3:

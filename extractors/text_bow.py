@@ -1,13 +1,14 @@
 """Bag-of-words sentence encoder (LAFF/W2VV++ ``bow_nsw``) and the tokenizer all own text encoders share.
 
-- :func:`tokenize`: NFKD-fold accents, lowercase, keep runs of ``[a-z0-9']`` (apostrophes at a
-  token's ends dropped). The GRU's token ids, the bag of words and the word2vec mean all use it.
+- :func:`tokenize`: NFKD-fold accents, lowercase, split on every non-alphanumeric character
+  (as LAFF's text processing: "don't" -> "don", "t"). The GRU's token ids, the bag of words and
+  the word2vec mean all use it.
 - :class:`BowVocabulary`: words of the *training* captions seen at least ``min_count`` times,
   stopwords removed, ordered by count (descending) then alphabetically, so the same captions
   always give the same vocabulary and the same vector layout.
 - :class:`BowEncoder`: per-caption raw word counts over the vocabulary (no normalisation, as
-  LAFF feeds them), and token ids for the GRU (``0`` = padding *and* unknown word, ``i + 1`` =
-  ``vocab.words[i]``). Both read the first :data:`MAX_WORDS` (77) words of a caption.
+  LAFF feeds them), over the first :data:`MAX_WORDS` (77) words of a caption. The GRU has its own
+  vocabulary (stopwords kept, the same word cap): :mod:`extractors.text_gru`.
 
 Vocabulary file: JSON ``{"format": "vidfuse-bow-vocab", "version": 1, "min_count": 5,
 "stopwords": [...], "words": [...], "counts": [...]}``. :meth:`BowVocabulary.load` also reads
@@ -33,22 +34,20 @@ from vidfuse.errors import VidfuseError
 logger = logging.getLogger(__name__)
 
 VOCAB_FORMAT = "vidfuse-bow-vocab"
-_TOKEN_RE = re.compile(r"[a-z0-9']+")
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
 
-# The usual English stopword list (the one NLTK ships), written out: no download at run time.
+# The official LAFF English stopword list (153 words, its text processing's), as data.
 DEFAULT_STOPWORDS: frozenset[str] = frozenset(
     """
-    i me my myself we our ours ourselves you you're you've you'll you'd your yours yourself
-    yourselves he him his himself she she's her hers herself it it's its itself they them their
-    theirs themselves what which who whom this that that'll these those am is are was were be
-    been being have has had having do does did doing a an the and but if or because as until
-    while of at by for with about against between into through during before after above below
-    to from up down in out on off over under again further then once here there when where why
-    how all any both each few more most other some such no nor not only own same so than too
-    very s t can will just don don't should should've now d ll m o re ve y ain aren aren't
-    couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't haven haven't isn isn't ma
-    mightn mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't wasn wasn't weren
-    weren't won won't wouldn wouldn't
+    i me my myself we our ours ourselves you your yours yourself yourselves he him his
+    himself she her hers herself it its itself they them their theirs themselves what which
+    who whom this that these those am is are was were be been being have has had having do
+    does did doing a an the and but if or because as until while of at by for with about
+    against between into through during before after above below to from up down in out on
+    off over under again further then once here there when where why how all any both each
+    few more most other some such no nor not only own same so than too very s t can will
+    just don should now d ll m o re ve y ain aren couldn didn doesn hadn hasn haven isn ma
+    mightn mustn needn shan shouldn wasn weren won wouldn
     """.split()
 )
 
@@ -76,15 +75,15 @@ class VocabularyError(VidfuseError):
 
 
 def fold(text: str) -> str:
-    """Lowercase ASCII form of ``text``: accents folded (café -> cafe), other non-ASCII dropped."""
-    text = text.replace("\u2019", "'")  # typographic apostrophe: "don’t" -> "don't"
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    """Lowercase ASCII form of ``text``: accents folded (café -> cafe), any other non-ASCII
+    character a space (so "it’s" splits as "it's" does)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c if c.isascii() else " " for c in decomposed if not unicodedata.combining(c)).lower()
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase word tokens of ``text``: runs of ``[a-z0-9']`` after :func:`fold`."""
-    tokens = (t.strip("'") for t in _TOKEN_RE.findall(fold(text)))
-    return [t for t in tokens if t]
+    """Lowercase word tokens of ``text``: the runs of ``[a-z0-9]`` after :func:`fold`."""
+    return _TOKEN_RE.findall(fold(text))
 
 
 @dataclass
@@ -220,20 +219,6 @@ class BowEncoder:
                                       shape=(len(texts), len(self.vocab)))
         out.sum_duplicates()  # a word twice in a caption: one entry holding 2
         return out
-
-    def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """GRU input: ``(ids, offsets)``; text ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
-
-        ``ids`` int64, ``vocab.words[j]`` -> ``j + 1``, any other token -> ``0`` (the id also
-        used for padding; out-of-vocabulary tokens keep their position). ``offsets`` int64 ``[N+1]``.
-        """
-        index = self.vocab.index
-        ids: list[int] = []
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        for i, text in enumerate(texts):
-            ids.extend(index.get(tok, -1) + 1 for tok in capped_tokens(text))
-            offsets[i + 1] = len(ids)
-        return np.asarray(ids, dtype=np.int64), offsets
 
 
 def build_bow_encoder(config: BowConfig, train_texts: Iterable[str]) -> BowEncoder:

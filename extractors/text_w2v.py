@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from extractors.text_bow import DEFAULT_STOPWORDS, BowVocabulary, fold, tokenize
+from extractors.text_bow import DEFAULT_STOPWORDS, fold, tokenize
 from vidfuse.errors import VidfuseError
 
 logger = logging.getLogger(__name__)
@@ -254,20 +254,22 @@ class W2VEncoder:
                            empty, len(texts))
         return out
 
-    def embedding_matrix_for(self, vocab: BowVocabulary, seed: int = 0, init_range: float = 0.1) -> np.ndarray:
-        """float32 ``[|V|+1, D]`` initial GRU word embeddings, rows aligned with ``BowEncoder.token_ids``.
+    def embedding_matrix_for(self, tokens: Sequence[str], seed: int = 0, init_range: float = 1.0) -> np.ndarray:
+        """float32 ``[len(tokens), D]`` initial GRU word embeddings: row ``i`` for token id ``i``.
 
-        Row 0 (padding/unknown) is zero; row ``i+1`` is the vector of ``vocab.words[i]``; words
-        without a vector get uniform(-init_range, init_range) from ``seed`` (W2VV++'s init).
+        ``tokens``: every id's token (:attr:`extractors.text_gru.GruVocabulary.tokens`). A token
+        with a vector gets it; the others uniform(-init_range, init_range) from ``seed`` (as the
+        official LAFF code), except ``<pad>`` (never read), zero.
         """
         rng = np.random.default_rng(seed)
-        out = rng.uniform(-init_range, init_range, size=(len(vocab) + 1, self.dim)).astype(np.float32)
-        out[0] = 0.0
-        found = [(i + 1, r) for i, w in enumerate(vocab.words) if (r := self._row.get(w)) is not None]
+        out = rng.uniform(-init_range, init_range, size=(len(tokens), self.dim)).astype(np.float32)
+        found = [(i, r) for i, w in enumerate(tokens) if (r := self._row.get(w)) is not None]
         if found:
             dst, src = zip(*found)
             out[list(dst)] = np.asarray(self.matrix[list(src)], dtype=np.float32)
-        logger.info("embedding matrix: %d of %d vocabulary words have a word2vec vector", len(found), len(vocab))
+        if tokens and tokens[0] == "<pad>":
+            out[0] = 0.0
+        logger.info("embedding matrix: %d of %d vocabulary tokens have a word2vec vector", len(found), len(tokens))
         return out
 
 

@@ -78,7 +78,7 @@ class ConcatHead(_TripletMixin, _CosineHead):
                  word_embeddings: Optional[np.ndarray] = None):
         super().__init__()
         self.cfg = cfg
-        self.video_in = VideoInputs(cfg.video_features, video_dims, cfg.frame_pool.dim, cfg.frame_pool.dropout)
+        self.video_in = VideoInputs(cfg.video_features, video_dims)
         self.text_in = TextInputs(cfg.text_features, text_dims, vocab_size, gru or GruConfig(), word_embeddings)
         self.video_proj = FeatureProjector(self.video_in.dims, cfg.dim, 1, cfg.dropout, (), "video")
         self.text_proj = FeatureProjector(self.text_in.dims, cfg.dim, 1, cfg.dropout, (), "text")
@@ -102,7 +102,7 @@ class SingleFeatureHead(_TripletMixin, _CosineHead):
                  word_embeddings: Optional[np.ndarray] = None):
         super().__init__()
         self.cfg = cfg
-        self.video_in = VideoInputs([cfg.video_feature], video_dims, 0, cfg.dropout)
+        self.video_in = VideoInputs([cfg.video_feature], video_dims)
         self.text_in = TextInputs([cfg.text_feature], text_dims, vocab_size, gru or GruConfig(), word_embeddings)
         dv, dt = self.video_in.dims[cfg.video_feature], self.text_in.dims[cfg.text_feature]
         if cfg.project:

@@ -103,6 +103,30 @@ def check_vocab(expected: Optional[int], actual: Optional[int], source: str) -> 
         raise CheckpointError(f"{source} was trained with a vocabulary of {expected} tokens, but the data has {actual}")
 
 
+def check_recipe(config: Any, source: str) -> None:
+    """Refuse a run trained under an earlier meaning of its head's config, before it is misread.
+
+    Earlier versions called the multi-head LAFF block ``laff_ml`` (now: multi-level LAFF,
+    whose section has ``batch_norm``) and pooled frames with a projection (``frame_pool``).
+    """
+    head = config.get("head") if isinstance(config, dict) else None
+    kind = head.get("type") if isinstance(head, dict) else None
+    section = head.get(kind) if isinstance(head, dict) else None
+    if not isinstance(section, dict):
+        return
+    retrain = f"retrain it (`vidfuse train --config {kind} --out {Path(source).parent} --fresh`)"
+    if kind == "laff_ml" and "batch_norm" not in section:
+        raise CheckpointError(
+            f"{source} was trained by an earlier vidfuse whose laff_ml was the multi-head LAFF block, not "
+            f"multi-level LAFF (what laff_ml is now): {retrain}; multi-head LAFF is now head.type=laff with heads > 1"
+        )
+    if "frame_pool" in section:
+        raise CheckpointError(
+            f"{source} was trained by an earlier vidfuse ({kind} with a projecting frame pool and one BatchNorm "
+            f"shared by the heads): {retrain}"
+        )
+
+
 def config_from_dict(schema: type, data: dict, source: str):
     """A stored config (checkpoint) as ``schema``; refused, naming the key, if this version lacks it."""
     return merge_config(schema, data, source=f"{source}: stored config does not fit this version")
@@ -121,6 +145,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
     for key in ("model", "config", "video_dims", "text_dims"):
         if key not in ckpt:
             raise CheckpointError(f"{path} is not a vidfuse checkpoint (no {key!r})")
+    check_recipe(ckpt["config"], str(path))
     cfg = config_from_dict(TrainConfig, ckpt["config"], str(path))
     head = build_head(cfg.head, ckpt["video_dims"], ckpt["text_dims"], ckpt.get("vocab_size"))
     try:

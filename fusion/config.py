@@ -2,26 +2,38 @@
 
 ``HeadConfig.type`` picks the head; only the section of that name is read. Which features
 feed which side is configuration: lists of feature names as they appear in the data
-(``"clip"``, ``"x3d"``; ``"clip@frames"`` = the per-frame matrix of ``clip``, pooled by a
-frame-level LAFF block; text ``"gru"`` = the learned GRU over token ids).
+(``"clip"``, ``"x3d"``; ``"clip@frames"`` = the per-frame matrix of ``clip``, pooled by the
+frame-level LAFF attention, which has no projection; text ``"gru"`` = the learned GRU over
+token ids).
+
+``laff`` and ``laff_ml`` share one schema (DESIGN 5): ``laff`` is the released LAFF (h heads
+over one common space, h = 1 the plain block); ``laff_ml`` is multi-level LAFF, so its video
+side must read at least one ``<name>@frames`` feature (the frame level), normally as a
+pass-through feature, with ``batch_norm`` after tanh/dropout of every projected feature.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 HEAD_TYPES = ("laff", "laff_ml", "dllfa", "meanp", "concat", "single")
 
 
 @dataclass
 class GruConfig:
-    """Learned text feature ``gru``: word embedding -> 1-layer GRU -> mean over steps."""
+    """Learned text feature ``gru``: word embedding -> 1-layer GRU -> mean over steps.
+
+    Its vocabulary is its own (stopwords kept, ``<start>``/``<end>``/``<unk>``): extractors.text_gru.
+    """
 
     word_dim: int = 500
     hidden: int = 1024
     bidirectional: bool = False  # output dim doubles when True
+    # word vectors (word2vec .bin/.txt or BigFile folder) that initialise the word embeddings,
+    # as released (word_dim must be their dim); null: uniform random
+    word2vec: Optional[str] = None
 
 
 @dataclass
@@ -34,27 +46,20 @@ class LossConfig:
 
 
 @dataclass
-class FramePoolConfig:
-    """LAFF block over the T frames of a ``<name>@frames`` feature (frame-level LAFF)."""
-
-    dim: int = 0  # width of the pooled feature; 0 = the frame feature's own dim
-    dropout: float = 0.2
-
-
-@dataclass
 class LaffConfig:
-    """LAFF / LAFF-ml: per-feature projection, shared attention scorer per head."""
+    """LAFF / LAFF-ml: per-feature projection, one attention scorer and softmax per head."""
 
     video_features: List[str] = field(default_factory=lambda: ["clip", "x3d", "ircsn"])
     text_features: List[str] = field(default_factory=lambda: ["clip", "bow", "w2v", "gru"])
     dim: int = 512  # common space width (all heads together)
     heads: int = 1
-    dropout: float = 0.2
-    # features already in the common space: BatchNorm instead of tanh(W f + b);
-    # their dim must equal `dim` or `dim / heads` (then the same vector feeds every head)
+    dropout: float = 0.2  # after tanh on projected features; never on pass-through ones
+    # BatchNorm1d(dim) after tanh/dropout on every projected feature (LAFF-ml as released)
+    batch_norm: bool = False
+    # features already in the common space: tiled to `dim` (their dim must be `dim` or
+    # `dim / heads`) and BatchNorm1d(dim), so each head has its own scale and shift
     video_passthrough: List[str] = field(default_factory=list)
     text_passthrough: List[str] = field(default_factory=list)
-    frame_pool: FramePoolConfig = field(default_factory=FramePoolConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -93,7 +98,6 @@ class ConcatConfig:
     text_features: List[str] = field(default_factory=lambda: ["clip", "bow", "w2v", "gru"])
     dim: int = 512
     dropout: float = 0.2
-    frame_pool: FramePoolConfig = field(default_factory=FramePoolConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -113,7 +117,9 @@ class SingleConfig:
 class HeadConfig:
     type: str = "laff"  # laff | laff_ml | dllfa | meanp | concat | single
     laff: LaffConfig = field(default_factory=LaffConfig)
-    laff_ml: LaffConfig = field(default_factory=lambda: LaffConfig(dim=4096, heads=8))
+    laff_ml: LaffConfig = field(default_factory=lambda: LaffConfig(
+        video_features=["clip@frames", "x3d", "ircsn"], dim=4096, heads=8, batch_norm=True,
+        video_passthrough=["clip@frames"], text_passthrough=["clip"]))
     dllfa: DllfaConfig = field(default_factory=DllfaConfig)
     meanp: MeanPConfig = field(default_factory=MeanPConfig)
     concat: ConcatConfig = field(default_factory=ConcatConfig)
@@ -166,11 +172,6 @@ def check_loss_config(cfg: LossConfig, prefix: str) -> None:
         _fail(f"{prefix}.direction", f"must be one of {list(LOSS_DIRECTIONS)}", cfg.direction)
 
 
-def _check_frame_pool(cfg: FramePoolConfig, prefix: str) -> None:
-    _at_least(cfg.dim, 0, f"{prefix}.dim")
-    _dropout(cfg.dropout, f"{prefix}.dropout")
-
-
 def check_head_config(cfg: HeadConfig, prefix: str = "head") -> None:
     """The section ``cfg.type`` picks (the others are not read), and the GRU when it is used."""
     if cfg.type not in HEAD_TYPES:
@@ -184,12 +185,17 @@ def check_head_config(cfg: HeadConfig, prefix: str = "head") -> None:
         texts = list(section.text_features)
         _at_least(section.dim, 1, f"{at}.dim")
         _dropout(section.dropout, f"{at}.dropout")
-        _check_frame_pool(section.frame_pool, f"{at}.frame_pool")
         check_loss_config(section.loss, f"{at}.loss")
         if cfg.type != "concat":
             _at_least(section.heads, 1, f"{at}.heads")
             if section.dim % section.heads:
                 _fail(f"{at}.dim", f"must be a multiple of {at}.heads={section.heads}", section.dim)
+        from fusion.data import FRAMES_SUFFIX
+
+        if cfg.type == "laff_ml" and not any(str(n).endswith(FRAMES_SUFFIX) for n in section.video_features):
+            _fail(f"{at}.video_features", "has no '<name>@frames' feature: LAFF-ml is multi-level LAFF (a frame-level "
+                  "attention under the video level); for multi-head LAFF use head.type=laff with head.laff.heads > 1",
+                  list(section.video_features))
     elif cfg.type == "single":
         _feature_names([section.video_feature], f"{at}.video_feature")
         _feature_names([section.text_feature], f"{at}.text_feature")

@@ -11,21 +11,19 @@ from typing import Optional
 
 import numpy as np
 
-from fusion.config import HEAD_TYPES, HeadConfig
+from fusion.config import HEAD_TYPES, HeadConfig, check_head_config
 from fusion.heads import RetrievalHead
 from vidfuse.errors import ConfigError
 
 
 def build_head(cfg: HeadConfig, video_dims: dict[str, int], text_dims: dict[str, int],
                vocab_size: Optional[int] = None, word_embeddings: Optional[np.ndarray] = None) -> RetrievalHead:
-    """The head named by ``cfg.type``, configured by ``cfg.<type>``."""
+    """The head named by ``cfg.type``, configured by ``cfg.<type>`` (whose values are checked first)."""
+    check_head_config(cfg)
     if cfg.type in ("laff", "laff_ml"):
         from fusion.laff_ml import LaffHead
 
-        section = getattr(cfg, cfg.type)
-        if cfg.type == "laff" and section.heads != 1:
-            raise ConfigError(f"head.laff.heads must be 1 (got {section.heads}); use head.type=laff_ml for several heads")
-        return LaffHead(section, video_dims, text_dims, vocab_size, cfg.gru, word_embeddings)
+        return LaffHead(getattr(cfg, cfg.type), video_dims, text_dims, vocab_size, cfg.gru, word_embeddings)
     if cfg.type == "dllfa":
         from fusion.dllfa import DllfaHead
 

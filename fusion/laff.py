@@ -1,14 +1,20 @@
-"""The LAFF block (DESIGN 5): per-feature projection, one shared attention scorer per head.
+"""The LAFF block (DESIGN 5): per-feature projection, one attention scorer per head.
 
-x_i = dropout(tanh(W_i f_i + b_i))       (or dropout(BatchNorm(f_i)) for pass-through features)
+x_i = dropout(tanh(W_i f_i + b_i))       projected feature [then BatchNorm1d(d) with batch_norm]
+x_i = BatchNorm1d(d)(tile(f_i))         pass-through feature: f_i repeated to width d, no dropout
 a   = softmax_i(w_h^T x_i[h] + c_h)     per head h, over the k features
 e_h = l2n(sum_i a_i x_i[h])
 
-With h heads the d-wide projection is split into h slices of d/h; h = 1 is plain LAFF.
-Xavier-uniform weights, zero biases. The scorer's bias c is shared by all k features, so it
-cancels in the softmax (its gradient is identically zero): the scorer is a bias-free
-Linear(d/h -> 1), which computes exactly the same attention. :class:`FramePool` is the same block over the T
-frames of one feature (shared projection, padded frames masked out of the softmax).
+With h heads the d-wide projection is split into h slices of d/h, each with its own scorer
+and softmax; h = 1 is the plain block. A pass-through feature of dim d/h is tiled h times
+before its BatchNorm1d(d), so each head has its own scale and shift. Xavier-uniform
+weights, zero biases. The scorer's bias c is shared by all k features, so it cancels in the
+softmax (its gradient is identically zero): the scorer is a bias-free Linear(d/h -> 1),
+which computes exactly the same attention.
+
+:class:`FrameAttention` is the frame level of LAFF-ml: the same attention directly over the
+T frame features of one video, with no projection (a = softmax_t(w^T f_t + c), padded
+frames masked), whose unit-norm output joins the video level.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def xavier_(module: nn.Module) -> nn.Module:
 
 
 class PassThroughNorm(nn.BatchNorm1d):
-    """BatchNorm for a feature already in the common space; a batch of one uses running stats."""
+    """BatchNorm1d whose batch of one uses running stats (so a lone query still encodes)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] < 2:
@@ -43,18 +49,32 @@ class PassThroughNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-class FeatureProjector(nn.Module):
-    """Maps each named feature into the common space: ``tanh(W f + b)`` or BatchNorm pass-through.
+def passthrough_tiles(name: str, d: int, dim: int, heads: int, side: str) -> int:
+    """How often a pass-through feature of dim ``d`` is repeated to fill the common space ``dim``."""
+    if d == dim:
+        return 1
+    if heads > 1 and d * heads == dim:
+        return heads
+    raise ConfigError(
+        f"{side} passthrough feature {name!r} has dim {d}, but the common space is {dim}"
+        + (f" ({heads} heads of {dim // heads})" if heads > 1 else "")
+    )
 
-    A pass-through feature of dim ``dim / heads`` is tiled so every head sees it.
+
+class FeatureProjector(nn.Module):
+    """Maps each named feature into the common space (see the module doc): ``[B, k, dim]``.
+
+    ``proj[name]`` is the feature's Linear, or the BatchNorm1d(dim) of a pass-through feature;
+    ``norm[name]`` the BatchNorm1d(dim) after tanh/dropout of a projected one (``batch_norm``).
     """
 
     def __init__(self, in_dims: dict[str, int], dim: int, heads: int = 1, dropout: float = 0.2,
-                 passthrough: Sequence[str] = (), side: str = "video"):
+                 passthrough: Sequence[str] = (), side: str = "video", batch_norm: bool = False):
         super().__init__()
         self.names = list(in_dims)
         self.dim, self.heads = dim, heads
         self.proj = nn.ModuleDict()
+        self.norm = nn.ModuleDict()
         self.tile: dict[str, int] = {}
         unknown = sorted(set(passthrough) - set(in_dims))
         if unknown:
@@ -62,33 +82,27 @@ class FeatureProjector(nn.Module):
         for name, d in in_dims.items():
             key = _key(name)
             if name in passthrough:
-                if d == dim:
-                    self.tile[name] = 1
-                elif heads > 1 and d * heads == dim:
-                    self.tile[name] = heads
-                else:
-                    raise ConfigError(
-                        f"{side} passthrough feature {name!r} has dim {d}, but the common space is {dim}"
-                        + (f" ({heads} heads of {dim // heads})" if heads > 1 else "")
-                    )
-                self.proj[key] = PassThroughNorm(d)
+                self.tile[name] = passthrough_tiles(name, d, dim, heads, side)
+                self.proj[key] = PassThroughNorm(dim)
             else:
                 self.proj[key] = xavier_(nn.Linear(d, dim))
+                if batch_norm:
+                    self.norm[key] = PassThroughNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, k, dim]`` in the order of ``self.names``."""
         xs = []
         for name in self.names:
-            layer = self.proj[_key(name)]
+            key = _key(name)
             f = feats[name]
             if name in self.tile:
-                x = layer(f)
-                if self.tile[name] > 1:
-                    x = x.repeat(1, self.tile[name])
+                x = self.proj[key](f.repeat(1, self.tile[name]) if self.tile[name] > 1 else f)
             else:
-                x = torch.tanh(layer(f))
-            xs.append(self.dropout(x))
+                x = self.dropout(torch.tanh(self.proj[key](f)))
+                if key in self.norm:
+                    x = self.norm[key](x)
+            xs.append(x)
         return torch.stack(xs, 1)
 
 
@@ -118,13 +132,13 @@ class LaffBlock(nn.Module):
     """Fuses k named features into h unit vectors; returns them with the attention weights."""
 
     def __init__(self, in_dims: dict[str, int], dim: int, heads: int = 1, dropout: float = 0.2,
-                 passthrough: Sequence[str] = (), side: str = "video"):
+                 passthrough: Sequence[str] = (), side: str = "video", batch_norm: bool = False):
         super().__init__()
         if not in_dims:
             raise ConfigError(f"{side} side fuses no features")
         self.names = list(in_dims)
         self.heads = heads
-        self.project = FeatureProjector(in_dims, dim, heads, dropout, passthrough, side)
+        self.project = FeatureProjector(in_dims, dim, heads, dropout, passthrough, side, batch_norm)
         self.scorer = HeadScorer(dim, heads)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,31 +151,32 @@ class LaffBlock(nn.Module):
         return e, a.transpose(1, 2)
 
 
-class FramePool(nn.Module):
-    """LAFF block over the frames of one feature: ``[B, T, D]`` + mask -> ``[B, d]`` and ``[B, T]``."""
+class FrameAttention(nn.Module):
+    """Frame level of LAFF-ml: ``[B, T, D]`` + mask -> ``l2n(sum_t a_t f_t)`` ``[B, D]`` and ``a`` ``[B, T]``.
 
-    def __init__(self, in_dim: int, dim: int = 0, dropout: float = 0.2):
+    No projection: the scorer reads the frame features themselves. Padded frames are zeroed
+    before scoring and masked out of the softmax, so padding changes nothing.
+    """
+
+    def __init__(self, in_dim: int):
         super().__init__()
-        dim = dim or in_dim
-        self.out_dim = dim
-        self.proj = xavier_(nn.Linear(in_dim, dim))
-        self.scorer = xavier_(nn.Linear(dim, 1, bias=False))  # a bias cancels in the softmax
-        self.dropout = nn.Dropout(dropout)
+        self.out_dim = in_dim
+        self.scorer = xavier_(nn.Linear(in_dim, 1, bias=False))  # a bias cancels in the softmax
 
     def forward(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.dropout(torch.tanh(self.proj(frames)))  # [B, T, d]
-        logits = self.scorer(x).squeeze(-1).float()
+        if mask is not None:
+            frames = frames.masked_fill(~mask[..., None], 0.0)  # garbage in padding never reaches a sum
+        logits = self.scorer(frames).squeeze(-1).float()
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
-            x = x.masked_fill(~mask[..., None], 0.0)  # garbage in padding never reaches the sum
-        a = torch.softmax(logits, dim=1).to(x.dtype)
-        return l2n(torch.einsum("bt,btd->bd", a, x)), a
+        a = torch.softmax(logits, dim=1).to(frames.dtype)
+        return l2n(torch.einsum("bt,btd->bd", a, frames)), a
 
 
 class VideoInputs(nn.Module):
-    """Collects the named video features; ``"<name>@frames"`` is pooled by a :class:`FramePool`."""
+    """Collects the named video features; ``"<name>@frames"`` is pooled by a :class:`FrameAttention`."""
 
-    def __init__(self, names: Sequence[str], video_dims: dict[str, int], frame_dim: int = 0, frame_dropout: float = 0.2):
+    def __init__(self, names: Sequence[str], video_dims: dict[str, int]):
         super().__init__()
         self.names = list(names)
         self.dims: dict[str, int] = {}
@@ -170,7 +185,7 @@ class VideoInputs(nn.Module):
             if name not in video_dims:
                 raise ConfigError(f"video feature {name!r} is not in the data (available: {sorted(video_dims)})")
             if name.endswith(FRAMES_SUFFIX):
-                pool = FramePool(video_dims[name], frame_dim, frame_dropout)
+                pool = FrameAttention(video_dims[name])
                 self.pools[_key(name)] = pool
                 self.dims[name] = pool.out_dim
             else:

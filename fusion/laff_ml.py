@@ -1,4 +1,10 @@
-"""LAFF and LAFF-ml heads: a LAFF block on each side; h = 1 is LAFF, h > 1 is LAFF-ml.
+"""LAFF and LAFF-ml heads: an h-head LAFF block on each side (DESIGN 5).
+
+LAFF as released: 8 heads over 4096 dims (h = 1 is the plain block). LAFF-ml (multi-level
+LAFF) is the same head whose video side also reads ``<name>@frames`` features: a frame-level
+attention with no projection pools each into one vector, which joins the video level as a
+pass-through feature; with ``batch_norm`` every projected feature gets BatchNorm1d after
+tanh/dropout, on both sides. Which of the two a config is, is checked by its schema.
 
 Similarity = mean over heads of cos(e_h(text), e_h(video)). Training sums the triplet
 loss over heads (heads are not concatenated). For indexing both sides become
@@ -29,10 +35,12 @@ class LaffHead(RetrievalHead):
         super().__init__()
         self.cfg = cfg
         self.heads = cfg.heads
-        self.video_in = VideoInputs(cfg.video_features, video_dims, cfg.frame_pool.dim, cfg.frame_pool.dropout)
+        self.video_in = VideoInputs(cfg.video_features, video_dims)
         self.text_in = TextInputs(cfg.text_features, text_dims, vocab_size, gru or GruConfig(), word_embeddings)
-        self.video_fuse = LaffBlock(self.video_in.dims, cfg.dim, cfg.heads, cfg.dropout, cfg.video_passthrough, "video")
-        self.text_fuse = LaffBlock(self.text_in.dims, cfg.dim, cfg.heads, cfg.dropout, cfg.text_passthrough, "text")
+        self.video_fuse = LaffBlock(self.video_in.dims, cfg.dim, cfg.heads, cfg.dropout, cfg.video_passthrough, "video",
+                                    cfg.batch_norm)
+        self.text_fuse = LaffBlock(self.text_in.dims, cfg.dim, cfg.heads, cfg.dropout, cfg.text_passthrough, "text",
+                                   cfg.batch_norm)
         self.video_inputs = self.video_in.batch_keys
         self.text_inputs = self.text_in.batch_keys
 

@@ -3,9 +3,10 @@
 Every ``OptimConfig`` field left ``null`` takes the value of its recipe; ``recipe: auto``
 picks by head type (DLLFA and meanP -> ``dllfa``, all others -> ``laff``):
 
-- ``laff`` (LAFF / W2VV++): RMSprop lr 1e-4, grad-norm clip 2, lr x0.99 after every epoch
-  and x0.5 after ``plateau_patience`` = 2 consecutive epochs without improvement of the
-  validation metric.
+- ``laff`` (LAFF / W2VV++): RMSprop lr 1e-4, grad-norm clip 2; after every epoch torch's
+  ``StepLR`` (x0.99) then ``ReduceLROnPlateau`` (factor 0.5, patience 2, torch's defaults
+  otherwise) on the validation metric, as the official code calls them: the lr halves on the
+  *third* epoch in a row without an improvement (torch's: above the best by 1e-4 relative).
 - ``dllfa`` (CLIP4Clip-style): AdamW lr 1e-4, weight decay 0.2 (not on norms, biases,
   embeddings, logit scale, lambda), linear warm-up over the first 10% of steps then cosine
   to zero, grad-norm clip 1.0.
@@ -91,24 +92,37 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, extra_no_decay: set[str]
 
 
 class LrController:
-    """Sets each group's lr from (steps, epochs, plateaus) so its state is three numbers.
+    """The lr of every group: per step (warm-up/cosine, a pure function of the step) or per
+    epoch (``decay_plateau``: torch's StepLR then ReduceLROnPlateau on the optimiser itself).
 
-    ``step()`` after every optimiser step; ``end_epoch(metric_improved)`` after validation.
+    ``step()`` after every optimiser step; ``end_epoch(improved, metric)`` after validation.
+    ``metric`` is the validation value the plateau watches (``lower_is_better`` picks torch's
+    mode ``min``); without one (no validation set, or a caller that only knows whether the
+    epoch improved) the plateau sees a value that rises exactly on the improving epochs.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
+                 lower_is_better: bool = False):
+        from torch.optim.lr_scheduler import ReduceLROnPlateau, StepLR
+
         self.opt, self.cfg = optimizer, cfg
         self.total_steps = max(1, total_steps)
         self.steps = 0
         self.epochs = 0
-        self.plateau_mult = 1.0
-        self.bad_epochs = 0
+        self.sign = -1.0 if lower_is_better else 1.0
+        self.score = 0.0  # the value shown to the plateau when no metric is given
+        self.step_lr: Optional[StepLR] = None
+        self.plateau: Optional[ReduceLROnPlateau] = None
         self._apply()
+        if cfg.schedule == "decay_plateau":
+            self.step_lr = StepLR(optimizer, step_size=1, gamma=cfg.epoch_decay)
+            if cfg.plateau_patience:
+                self.plateau = ReduceLROnPlateau(optimizer, mode="min" if lower_is_better else "max",
+                                                 factor=cfg.plateau_factor, patience=cfg.plateau_patience)
 
     def factor(self) -> float:
+        """Multiplier of the base lr for the per-step schedules (1 for ``decay_plateau``: torch sets it)."""
         c = self.cfg
-        if c.schedule == "decay_plateau":
-            return (c.epoch_decay ** self.epochs) * self.plateau_mult
         if c.schedule == "warmup_cosine":
             warm = int(round(c.warmup * self.total_steps))
             if self.steps < warm:
@@ -118,6 +132,8 @@ class LrController:
         return 1.0
 
     def _apply(self) -> None:
+        if self.cfg.schedule == "decay_plateau":
+            return  # per epoch, by torch's schedulers
         f = self.factor()
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.lr * f
@@ -130,19 +146,32 @@ class LrController:
         self.steps += 1
         self._apply()
 
-    def end_epoch(self, improved: bool) -> None:
+    def end_epoch(self, improved: bool, metric: Optional[float] = None) -> None:
         self.epochs += 1
-        if self.cfg.schedule == "decay_plateau" and self.cfg.plateau_patience:
-            self.bad_epochs = 0 if improved else self.bad_epochs + 1
-            if self.bad_epochs >= self.cfg.plateau_patience:
-                self.plateau_mult *= self.cfg.plateau_factor
-                self.bad_epochs = 0
+        if self.step_lr is not None:
+            self.step_lr.step()
+        if self.plateau is not None:
+            if metric is None or not math.isfinite(metric):
+                self.score += 1.0 if improved else 0.0
+                metric = self.sign * self.score
+            self.plateau.step(metric)
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "epochs": self.epochs, "plateau_mult": self.plateau_mult, "bad_epochs": self.bad_epochs}
+        return {"steps": self.steps, "epochs": self.epochs, "score": self.score,
+                "step_lr": self.step_lr.state_dict() if self.step_lr else None,
+                "plateau": self.plateau.state_dict() if self.plateau else None}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps, self.epochs = int(state["steps"]), int(state["epochs"])
-        self.plateau_mult, self.bad_epochs = float(state["plateau_mult"]), int(state["bad_epochs"])
+        """State of :meth:`state_dict`; the lr itself comes back with the optimiser's state."""
+        if "plateau_mult" in state:
+            from vidfuse.errors import VidfuseError
+
+            raise VidfuseError("the lr schedule state was saved by an earlier vidfuse (plateau halving one epoch "
+                               "early): rerun with --fresh")
+        self.steps, self.epochs, self.score = int(state["steps"]), int(state["epochs"]), float(state.get("score", 0.0))
+        if self.step_lr is not None and state.get("step_lr"):
+            self.step_lr.load_state_dict(state["step_lr"])
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
         self._apply()

@@ -15,11 +15,7 @@ those captions, and ``positives`` marks every caption-video pair that belongs to
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,20 +24,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusion.checkpoint import (CHECKPOINT, LAST, CheckpointError, check_dims, check_vocab, head_dims, load_checkpoint,
-                               save_atomic)
+from fusion.checkpoint import CHECKPOINT, LAST, check_dims, check_recipe, check_vocab, head_dims, save_atomic
 from fusion.config import HeadConfig, check_train_config
 from fusion.data import TrainData, batch_to, collate_texts, collate_videos, feature_dims
 from fusion.encode import embedding_similarity, encode_bank
 from fusion.factory import build_head, uses_tokens
 from fusion.heads import RetrievalHead
+from fusion.loop import (LOWER_IS_BETTER, LoopState, epoch_seed, is_better, load_resume_state, metric_value,  # noqa: F401
+                         optimizer_step, read_history, rng_state, run_epochs, set_rng_state, write_history)
 from fusion.optim import LrController, OptimConfig, build_optimizer, resolve_optim
 from vidfuse.config import config_to_dict, save_config
 from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
-LOWER_IS_BETTER = ("MedR", "MeanR")
 METRICS, CONFIG = "metrics.jsonl", "config.yaml"
 # settings that may change between a run and its resumption (they do not alter the trajectory)
 RESUMABLE_CHANGES = ("epochs", "early_stop", "device", "num_workers", "val_batch_size")
@@ -58,7 +54,8 @@ class TrainConfig:
     val_metric: str = "t2v/mIR"  # "<t2v|v2t>/<R@1|R@5|R@10|MedR|MeanR|mIR|mAP|rsum>"
     val_batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)
+    amp: bool = True  # mixed precision on CUDA (never on a CPU: there training runs in float32)
+    amp_dtype: str = "auto"  # auto (bf16 where supported, else fp16) | float16 (+ grad scaling, as LAFF-ml) | bfloat16
     num_workers: int = 0  # DataLoader workers collating batches (h5py banks: keep 0)
 
 
@@ -86,6 +83,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for key in ("epochs", "batch_size", "val_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1 (got {getattr(cfg, key)})")
+    if cfg.amp_dtype not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {cfg.amp_dtype!r})")
     out = TrainConfig(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     out.optim = resolve_optim(cfg.optim, cfg.head.type)
     check_train_config(out)  # so library callers get the command line's value checks too
@@ -99,10 +98,6 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return dev
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def epoch_batches(captions: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -143,10 +138,17 @@ def _loader(ds: _Batches, cfg: TrainConfig, device: torch.device):
                                        pin_memory=device.type == "cuda")
 
 
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype): off, in float32, unless ``amp`` on a CUDA device."""
     if not (cfg.amp and device.type == "cuda"):
         return False, torch.float32
-    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = getattr(cfg, "amp_dtype", "auto")  # configs without the key (clip-ft) pick automatically
+    if dtype == "auto":
+        return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return True, getattr(torch, dtype)
 
 
 def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_size: int = 256,
@@ -163,60 +165,6 @@ def validate(head: RetrievalHead, data: TrainData, captions: np.ndarray, batch_s
     return t2v_v2t_metrics(sim, targets.astype(np.int64))
 
 
-def metric_value(val: dict, name: str) -> float:
-    side, _, key = name.partition("/")
-    return float(val[side][key])
-
-
-def is_better(a: float, b: Optional[float], name: str) -> bool:
-    if b is None or math.isnan(b):
-        return not math.isnan(a)
-    return a < b if name.split("/")[-1] in LOWER_IS_BETTER else a > b
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        full = f"{prefix}{key}"
-        if not prefix and key in RESUMABLE_CHANGES:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, full + ".")
-        elif a != b:
-            diffs.append(f"{full} was {a!r}, now {b!r}")
-    return diffs
-
-
-def read_history(path: Path, upto: int) -> list[dict]:
-    """metrics.jsonl lines of epochs <= upto (a kill after the line but before last.pt)."""
-    if not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if r.get("epoch", 0) <= upto]
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    tmp.replace(path)
-
-
 def remove_stale_temps(out: Path) -> None:
     """Temp files a killed run's atomic writes left (``.last.pt.tmp<pid>``...): never read, as big as a checkpoint."""
     for name in (CHECKPOINT, LAST, METRICS, CONFIG):
@@ -229,6 +177,61 @@ def write_config(cfg: TrainConfig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_config(cfg, tmp)
     tmp.replace(path)
+
+
+class _HeadEpochs:
+    """What one epoch of a fusion head is, for :func:`fusion.loop.run_epochs`."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, head: RetrievalHead, optimizer, lr_ctrl, scaler,
+                 amp: tuple[bool, torch.dtype], device: torch.device, out: Path, best_extra: dict,
+                 progress: bool):
+        self.cfg, self.data, self.head, self.device, self.out = cfg, data, head, device, out
+        self.optimizer, self.lr_ctrl, self.scaler, self.amp = optimizer, lr_ctrl, scaler, amp
+        self.best_extra, self.progress = best_extra, progress
+        self.trainable = [p for p in head.parameters() if p.requires_grad]
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, head, optimizer, device = self.cfg, self.head, self.optimizer, self.device
+        head.train()
+        batches = epoch_batches(self.data.train_captions, cfg.batch_size, cfg.seed, epoch)
+        total, terms, n = 0.0, {}, 0
+        bar = tqdm(_loader(_Batches(self.data, batches, head), cfg, device), total=len(batches), leave=False,
+                   desc=f"epoch {epoch}", unit="batch", disable=not self.progress)
+        for text_b, video_b, positives in bar:
+            text_b, video_b = batch_to(text_b, device), batch_to(video_b, device)
+            with torch.autocast(device.type, dtype=self.amp[1], enabled=self.amp[0]):
+                with torch.set_grad_enabled(optimizer is not None):
+                    loss, info = head.loss(head.encode_text(text_b), head.encode_video(video_b), positives.to(device))
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                optimizer_step(optimizer, self.scaler, self.trainable, cfg.optim.grad_clip)
+                head.post_step()
+                self.lr_ctrl.step()
+            total += float(loss.detach())
+            for k, v in info.items():
+                terms[k] = terms.get(k, 0.0) + v
+            n += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.close()
+        return {"loss": total / max(n, 1), "terms": {k: v / max(n, 1) for k, v in terms.items()},
+                "lr": self.lr_ctrl.lr if self.lr_ctrl else 0.0}
+
+    def validate(self) -> tuple[dict, dict]:
+        return validate(self.head, self.data, self.data.val_captions, self.cfg.val_batch_size, self.device), {}
+
+    def save_best(self, epoch: int, value: Optional[float], val: dict) -> None:
+        save_atomic({"model": self.head.state_dict(), **self.best_extra, "epoch": epoch,
+                     "metric_name": self.cfg.val_metric, "best_metric": value, "val": val}, self.out / CHECKPOINT)
+
+    def end_epoch(self, improved: bool, value: Optional[float]) -> None:
+        if self.lr_ctrl:
+            self.lr_ctrl.end_epoch(improved, value)
+
+    def state(self) -> dict:
+        return {"model": self.head.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "lr": self.lr_ctrl.state_dict() if self.lr_ctrl else None, "scaler": self.scaler.state_dict()}
 
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool = True, progress: bool = True,
@@ -252,12 +255,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
 
     remove_stale_temps(out)
     last_path, metrics_path = out / LAST, out / METRICS
-    state: Optional[dict] = None
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
-        diffs = config_differences(state["config"], cfg_dict)
-        if diffs:
-            raise CheckpointError(f"cannot resume {out}: {'; '.join(diffs)} (start a new run, or resume=False)")
+    state = load_resume_state(last_path, cfg_dict, RESUMABLE_CHANGES,
+                              lambda saved: check_recipe(saved["config"], str(last_path))) if resume else None
+    if state is not None:
         check_dims(state["video_dims"], video_dims, "video", str(last_path))
         check_dims(state["text_dims"], text_dims, "text", str(last_path))
         check_vocab(state.get("vocab_size"), vocab, str(last_path))
@@ -269,12 +269,12 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
     trainable = [p for p in head.parameters() if p.requires_grad]
     optimizer = build_optimizer(head, cfg.optim, head.no_weight_decay()) if trainable else None
     batches_per_epoch = len(epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, 1))
-    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch) if optimizer else None
+    lr_ctrl = LrController(optimizer, cfg.optim, cfg.epochs * batches_per_epoch,
+                           lower_is_better=cfg.val_metric.split("/")[-1] in LOWER_IS_BETTER) if optimizer else None
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    epoch, best, best_epoch, bad, stopped = 0, None, 0, 0, False
-    history: list[dict] = []
+    loop = LoopState()
     if state is not None:
         head.load_state_dict(state["model"])
         if optimizer is not None:
@@ -282,97 +282,25 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: str | Path, resume: bool =
             lr_ctrl.load_state_dict(state["lr"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        epoch, best, best_epoch = state["epoch"], state["best_metric"], state["best_epoch"]
-        bad, stopped = state["bad_epochs"], state["stopped_early"]
-        history = read_history(metrics_path, epoch)
-        log.info("resuming %s after epoch %d (best %s=%.4f at epoch %d)", out, epoch, cfg.val_metric,
-                 best if best is not None else float("nan"), best_epoch)
+        loop = LoopState.restore(state, metrics_path)
+        log.info("resuming %s after epoch %d (best %s=%.4f at epoch %d)", out, loop.epoch, cfg.val_metric,
+                 loop.best if loop.best is not None else float("nan"), loop.best_epoch)
     write_config(cfg, out / CONFIG)
-    write_history(metrics_path, history)
+    write_history(metrics_path, loop.history)
 
     has_val = len(data.val_captions) > 0
     if not has_val:
         log.warning("no validation captions: the last epoch is kept as the best checkpoint")
-    last_epoch = cfg.epochs if trainable else 1
     if not trainable:
         log.info("%s has no trainable parameters: evaluating only", cfg.head.type)
-
-    epochs_bar = tqdm(total=last_epoch, initial=min(epoch, last_epoch), desc=f"train {cfg.head.type}", unit="epoch",
-                      disable=not progress)
-    while epoch < last_epoch and not stopped:
-        if stop_after is not None and epoch >= stop_after:
-            break
-        epoch += 1
-        t0 = time.time()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        head.train()
-        batches = epoch_batches(data.train_captions, cfg.batch_size, cfg.seed, epoch)
-        total, terms, n = 0.0, {}, 0
-        bar = tqdm(_loader(_Batches(data, batches, head), cfg, device), total=len(batches), leave=False,
-                   desc=f"epoch {epoch}", unit="batch", disable=not progress)
-        for text_b, video_b, positives in bar:
-            text_b, video_b = batch_to(text_b, device), batch_to(video_b, device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                with torch.set_grad_enabled(optimizer is not None):
-                    loss, info = head.loss(head.encode_text(text_b), head.encode_video(video_b), positives.to(device))
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                head.post_step()
-                lr_ctrl.step()
-            total += float(loss.detach())
-            for k, v in info.items():
-                terms[k] = terms.get(k, 0.0) + v
-            n += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        bar.close()
-
-        record: dict[str, Any] = {"epoch": epoch, "loss": total / max(n, 1),
-                                  "terms": {k: v / max(n, 1) for k, v in terms.items()},
-                                  "lr": lr_ctrl.lr if lr_ctrl else 0.0}
-        if has_val:
-            val = validate(head, data, data.val_captions, cfg.val_batch_size, device)
-            record.update(val)
-            value = metric_value(val, cfg.val_metric)
-        else:
-            val, value = {}, -record["loss"]
-        improved = is_better(value, best, cfg.val_metric) or not has_val
-        record.update({"val_metric": value if has_val else None, "best": improved})
-        if improved:
-            best, best_epoch, bad = value, epoch, 0
-            save_atomic({"model": head.state_dict(), "config": cfg_dict, "video_dims": used_video,
-                         "text_dims": used_text, "vocab_size": vocab, "epoch": epoch, "metric_name": cfg.val_metric,
-                         "best_metric": value if has_val else None, "val": val}, out / CHECKPOINT)
-        else:
-            bad += 1
-        if lr_ctrl:
-            lr_ctrl.end_epoch(improved)
-        stopped = bool(has_val and cfg.early_stop and bad >= cfg.early_stop)
-        history.append(record)
-        write_history(metrics_path, history)
-        save_atomic({"model": head.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-                     "lr": lr_ctrl.state_dict() if lr_ctrl else None, "scaler": scaler.state_dict(),
-                     "rng": rng_state(), "epoch": epoch, "best_metric": best, "best_epoch": best_epoch,
-                     "bad_epochs": bad, "stopped_early": stopped, "finished": stopped or epoch >= last_epoch,
-                     "config": cfg_dict, "video_dims": used_video, "text_dims": used_text, "vocab_size": vocab},
-                    last_path)
-        epochs_bar.update(1)
-        shown = {"loss": f"{record['loss']:.4f}"}
-        if has_val:
-            shown.update({cfg.val_metric: f"{value:.4f}", "t2v R@1": f"{val['t2v']['R@1']:.1f}",
-                          "rsum": f"{val['t2v']['rsum']:.1f}"})
-        epochs_bar.set_postfix(shown)
-        log.info("epoch %d: %s (%.1fs)%s", epoch, shown, time.time() - t0, " [best]" if improved else "")
-        if stopped:
-            log.info("early stop: %d epochs without improvement of %s", bad, cfg.val_metric)
-    epochs_bar.close()
-
-    best_record = next((r for r in history if r["epoch"] == best_epoch), {})
-    return TrainResult(run_dir=out, best_epoch=best_epoch, best_metric=best if best is not None else float("nan"),
-                       metric_name=cfg.val_metric, epochs_run=epoch, stopped_early=stopped, history=history,
+    dims = {"config": cfg_dict, "video_dims": used_video, "text_dims": used_text, "vocab_size": vocab}
+    task = _HeadEpochs(cfg, data, head, optimizer, lr_ctrl, scaler, (use_amp, amp_dtype), device, out, dims, progress)
+    loop = run_epochs(task, loop, epochs=cfg.epochs if trainable else 1, seed=cfg.seed, val_metric=cfg.val_metric,
+                      early_stop=cfg.early_stop, has_val=has_val, metrics_path=metrics_path, last_path=last_path,
+                      last_extra=dims, desc=f"train {cfg.head.type}", progress=progress, stop_after=stop_after,
+                      shown=lambda val: {"rsum": f"{val['t2v']['rsum']:.1f}"})
+    best_record = loop.record(loop.best_epoch)
+    return TrainResult(run_dir=out, best_epoch=loop.best_epoch,
+                       best_metric=loop.best if loop.best is not None else float("nan"), metric_name=cfg.val_metric,
+                       epochs_run=loop.epoch, stopped_early=loop.stopped, history=loop.history,
                        best_val={k: best_record[k] for k in ("t2v", "v2t") if k in best_record})

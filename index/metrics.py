@@ -15,6 +15,13 @@ irrelevant ones: the i-th best relevant item sits at position p_i = i + #irrelev
 candidates above it, and AP = mean_i(i / p_i); "average" uses the mean of the two p_i.
 For untied scores all three modes agree and p_i is the item's ordinary rank.
 
+``official`` is the compatibility mode for comparing with published tables: it reports what
+the official LAFF evaluation does. Candidates are put in the order of a stable ascending sort
+of the scores, reversed (``np.argsort(s, kind="stable")[::-1]``), so among equal scores the
+candidate with the larger index comes first, relevant or not; an item's rank is its position
+in that order, AP = mean_i(i / p_i) over those positions, and MedR is the floor of the median
+rank. Its figures depend on candidate order where scores tie: it is never the default.
+
 Scores may come as a full [N, M] matrix or as (row_offset, chunk) pieces, so a
 100k × 100k evaluation never holds the matrix: each chunk is reduced to per-query counts
 and dropped. NaN scores of candidates never count as higher; a NaN score of a relevant
@@ -30,7 +37,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TIES = ("optimistic", "pessimistic", "average")
+TIES = ("optimistic", "pessimistic", "average", "official")
+TIE_SAFE = ("optimistic", "pessimistic", "average")
+OFFICIAL = "official"  # the official LAFF evaluation: ties by sort order, MedR floored
 DEFAULT_KS = (1, 5, 10)
 # Bound on the elements of one boolean comparison temporary (16 Mi -> 16 MiB).
 _BLOCK_ELEMS = 1 << 24
@@ -83,11 +92,21 @@ def _check_ties(ties: str) -> None:
 
 
 # ---------------------------------------------------------------- core counting
-def _row_counts(chunk: np.ndarray, idx: np.ndarray, mask: np.ndarray, need_gt: bool, need_ge: bool):
+def _above(blk: np.ndarray, t: np.ndarray, cand: np.ndarray | None, item: np.ndarray | None) -> np.ndarray:
+    """Where a candidate comes before the item scored ``t``: strictly higher, or (official order,
+    ``cand``/``item`` indices given) tied with a larger candidate index."""
+    if cand is None:
+        return blk > t
+    return (blk > t) | ((blk == t) & (cand > item))
+
+
+def _row_counts(chunk: np.ndarray, idx: np.ndarray, mask: np.ndarray, need_gt: bool, need_ge: bool,
+                official: bool = False):
     """Per relevant item: its score S, #candidates > S and #candidates >= S (all candidates).
 
-    Scores of relevant items are read from the chunk itself, so an item never outranks
-    itself whatever the floating-point history of the values.
+    ``official``: the first count is of the candidates before the item in the official order
+    (higher, or tied with a larger index). Scores of relevant items are read from the chunk
+    itself, so an item never outranks itself whatever the floating-point history of the values.
     """
     chunk = np.asarray(chunk)
     n, m = chunk.shape
@@ -98,6 +117,7 @@ def _row_counts(chunk: np.ndarray, idx: np.ndarray, mask: np.ndarray, need_gt: b
         raise ValueError(f"query row {q} of this chunk: a relevant item has a non-finite score")
     gt = np.zeros((n, r_max), np.int64) if need_gt else None
     ge = np.zeros((n, r_max), np.int64) if need_ge else None
+    cand = np.arange(m)[None, :] if official else None
     block = max(1, _BLOCK_ELEMS // max(m, 1))
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
@@ -107,27 +127,39 @@ def _row_counts(chunk: np.ndarray, idx: np.ndarray, mask: np.ndarray, need_gt: b
                 continue
             t = S[b0:b1, r : r + 1]
             if need_gt:
-                gt[b0:b1, r] = np.count_nonzero(blk > t, axis=1)
+                item = idx[b0:b1, r : r + 1] if official else None
+                gt[b0:b1, r] = np.count_nonzero(_above(blk, t, cand, item), axis=1)
             if need_ge:
                 ge[b0:b1, r] = np.count_nonzero(blk >= t, axis=1)
     return S, gt, ge
 
 
-def _relevant_counts(S: np.ndarray, mask: np.ndarray):
-    """#relevant items of the same query scored > and >= each relevant item (self included in >=)."""
+def _relevant_counts(S: np.ndarray, mask: np.ndarray, idx: np.ndarray | None = None):
+    """#relevant items of the same query scored > and >= each relevant item (self included in >=).
+
+    With ``idx`` (official order) the first count is of the relevant items before each one.
+    """
     a = np.where(mask, S, -np.inf)[:, None, :]  # [n, 1, R] other items
     s = S[:, :, None]  # [n, R, 1] this item
     valid = mask[:, None, :]
-    return ((a > s) & valid).sum(2), ((a >= s) & valid).sum(2)
+    before = _above(a, s, idx[:, None, :], idx[:, :, None]) if idx is not None else a > s
+    return (before & valid).sum(2), ((a >= s) & valid).sum(2)
 
 
-def _positions(S: np.ndarray, mask: np.ndarray, irr_gt, irr_ge, ties: str):
-    """Best-item rank [n] and AP [n] from the #irrelevant candidates above each item."""
-    order = np.argsort(np.where(mask, -S, np.inf), axis=1, kind="stable")
+def _positions(S: np.ndarray, mask: np.ndarray, irr_gt, irr_ge, ties: str, idx: np.ndarray | None = None):
+    """Best-item rank [n] and AP [n] from the #irrelevant candidates above each item.
+
+    ``official``: ``irr_gt`` counts the irrelevant candidates before each item in the official
+    order, and relevant items are ordered as there (ties: larger ``idx`` first).
+    """
+    if ties == OFFICIAL:
+        order = np.lexsort((np.where(mask, -idx, 0), np.where(mask, -S, np.inf)), axis=1)
+    else:
+        order = np.argsort(np.where(mask, -S, np.inf), axis=1, kind="stable")
     m_s = np.take_along_axis(mask, order, axis=1)
     i = np.cumsum(m_s, axis=1).astype(np.float64)  # 1-based order among relevant
     pos = []
-    if ties in ("optimistic", "average"):
+    if ties in ("optimistic", "average", OFFICIAL):
         pos.append(np.take_along_axis(irr_gt, order, axis=1) + i)
     if ties in ("pessimistic", "average"):
         pos.append(np.take_along_axis(irr_ge, order, axis=1) + i)
@@ -136,14 +168,19 @@ def _positions(S: np.ndarray, mask: np.ndarray, irr_gt, irr_ge, ties: str):
     return p[:, 0], ap
 
 
+def _needs(ties: str) -> tuple[bool, bool]:
+    """Which counts a tie mode reads: (strictly higher / before in the official order, higher or equal)."""
+    return ties in ("optimistic", "average", OFFICIAL), ties in ("pessimistic", "average")
+
+
 def _chunk_stats(chunk, idx, mask, ties):
-    need_gt = ties in ("optimistic", "average")
-    need_ge = ties in ("pessimistic", "average")
-    S, gt, ge = _row_counts(chunk, idx, mask, need_gt, need_ge)
-    rel_gt, rel_ge = _relevant_counts(S, mask)
+    need_gt, need_ge = _needs(ties)
+    official = ties == OFFICIAL
+    S, gt, ge = _row_counts(chunk, idx, mask, need_gt, need_ge, official)
+    rel_gt, rel_ge = _relevant_counts(S, mask, idx if official else None)
     irr_gt = gt - rel_gt if need_gt else None
     irr_ge = ge - rel_ge if need_ge else None
-    return _positions(S, mask, irr_gt, irr_ge, ties)
+    return _positions(S, mask, irr_gt, irr_ge, ties, idx)
 
 
 def ranks_from_scores(
@@ -155,7 +192,8 @@ def ranks_from_scores(
 
     optimistic: 1 + #candidates scored STRICTLY higher; pessimistic: additionally counts
     the irrelevant candidates tied with it (other relevant items of the same query never
-    count against it when tied); average: the mean of the two.
+    count against it when tied); average: the mean of the two; official: the position in the
+    official LAFF evaluation's order (ties: the larger candidate index first).
     ``targets``: [N] ints (one relevant per row) -> ranks [N]; [N, R] ints -> [N, R];
     a ragged sequence of index arrays -> a list of rank arrays in the same order.
     int64 ranks, float64 for "average".
@@ -167,10 +205,11 @@ def ranks_from_scores(
     idx, mask = _pad_targets(targets, scores.shape[1])
     if idx.shape[0] != scores.shape[0]:
         raise ValueError(f"{scores.shape[0]} score rows but targets for {idx.shape[0]} queries")
-    S, gt, ge = _row_counts(scores, idx, mask, True, ties != "optimistic")
+    official = ties == OFFICIAL
+    S, gt, ge = _row_counts(scores, idx, mask, True, ties in ("pessimistic", "average"), official)
     rel_gt, rel_ge = _relevant_counts(S, mask)
     opt = 1 + gt
-    if ties == "optimistic":
+    if ties in ("optimistic", OFFICIAL):
         ranks = opt
     else:
         pess = 1 + (ge - rel_ge) + rel_gt
@@ -182,13 +221,17 @@ def ranks_from_scores(
 
 # ---------------------------------------------------------------- summaries
 def summarize(best_ranks: np.ndarray, ap: np.ndarray, ks=DEFAULT_KS, ties: str = "optimistic") -> dict:
-    """Metrics dict from per-query best ranks and APs. R@K, rsum and mAP in percent."""
+    """Metrics dict from per-query best ranks and APs. R@K, rsum and mAP in percent.
+
+    ``ties`` is recorded; ``official`` also floors MedR, as the official LAFF evaluation does.
+    """
     best_ranks = np.asarray(best_ranks, np.float64)
     out: dict = {}
     n = best_ranks.size
     for k in ks:
         out[f"R@{k}"] = float(100.0 * np.mean(best_ranks <= k)) if n else float("nan")
-    out["MedR"] = float(np.median(best_ranks)) if n else float("nan")
+    medr = float(np.median(best_ranks)) if n else float("nan")
+    out["MedR"] = float(np.floor(medr)) if ties == OFFICIAL and n else medr
     out["MeanR"] = float(np.mean(best_ranks)) if n else float("nan")
     out["mIR"] = float(np.mean(1.0 / best_ranks)) if n else float("nan")
     out["mAP"] = float(100.0 * np.mean(ap)) if n else float("nan")
@@ -307,20 +350,27 @@ def _video_slots(caption_video: np.ndarray, n_videos: int):
     return slot, counts
 
 
-def _v2t_counts(X, c0, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge):
-    """Add one caption chunk X [n, Nv] to the v2t counts of irrelevant captions above S_v."""
+def _v2t_counts(X, c0, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge, cap_idx=None):
+    """Add one caption chunk X [n, Nv] to the v2t counts of irrelevant captions above S_v.
+
+    ``cap_idx`` [Nv, R] (official order): the caption index of each relevant item, so that a
+    tied caption with a larger index counts as before it.
+    """
     n, nv = X.shape
+    rows = np.arange(c0, c0 + n)[:, None] if cap_idx is not None else None
     block = max(1, _BLOCK_ELEMS // max(nv, 1))
     for r in range(S_v.shape[1]):
         cols = np.nonzero(mask_v[:, r])[0]
         full = cols.size == nv
         t = S_v[:, r] if full else S_v[cols, r]
+        item = None if cap_idx is None else (cap_idx[:, r] if full else cap_idx[cols, r])
         for b0 in range(0, n, block):
             blk = X[b0 : b0 + block]
             if not full:
                 blk = blk[:, cols]
             if need_gt:
-                c = np.count_nonzero(blk > t, axis=0)
+                cand = None if rows is None else rows[b0 : b0 + block]
+                c = np.count_nonzero(_above(blk, t, cand, item), axis=0)
                 if full:
                     gt[:, r] += c
                 else:
@@ -336,7 +386,9 @@ def _v2t_counts(X, c0, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge):
     x = X[np.arange(n), V][:, None]
     tv, mv = S_v[V], mask_v[V]
     if need_gt:
-        np.subtract.at(gt, V, ((x > tv) & mv).astype(np.int64))
+        cand = None if rows is None else rows
+        item = None if cap_idx is None else cap_idx[V]
+        np.subtract.at(gt, V, (_above(x, tv, cand, item) & mv).astype(np.int64))
     if need_ge:
         np.subtract.at(ge, V, ((x >= tv) & mv).astype(np.int64))
 
@@ -382,8 +434,7 @@ def t2v_v2t_metrics(
         raise ValueError(f"caption_video has a video index outside [0, {n_vid})")
 
     ranges = [(s, min(n_cap, s + chunk_size)) for s in range(0, n_cap, chunk_size)]
-    need_gt = ties in ("optimistic", "average")
-    need_ge = ties in ("pessimistic", "average")
+    need_gt, need_ge = _needs(ties)
     # Pass 1: t2v from each caption row, and every caption's own score for v2t.
     t2v_best = np.empty(n_cap)
     t2v_ap = np.empty(n_cap)
@@ -405,17 +456,22 @@ def t2v_v2t_metrics(
     mask_v = np.zeros((n_vid, r_max), bool)
     S_v[cap_vid, slot] = own
     mask_v[cap_vid, slot] = True
+    cap_idx = None
+    if ties == OFFICIAL:
+        cap_idx = np.zeros((n_vid, r_max), np.int64)
+        cap_idx[cap_vid, slot] = np.arange(n_cap)
     gt = np.zeros((n_vid, r_max), np.int64) if need_gt else None
     ge = np.zeros((n_vid, r_max), np.int64) if need_ge else None
     for s, e in ranges:
         X = np.asarray(rows(s, e))
-        _v2t_counts(X, s, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge)
+        _v2t_counts(X, s, cap_vid, S_v, mask_v, need_gt, need_ge, gt, ge, cap_idx)
         del X
     has = counts > 0
     if not has.all():
         log.warning("%d of %d videos have no caption; left out of video->text", int((~has).sum()), n_vid)
     v2t_best, v2t_ap = _positions(
-        S_v[has], mask_v[has], gt[has] if need_gt else None, ge[has] if need_ge else None, ties
+        S_v[has], mask_v[has], gt[has] if need_gt else None, ge[has] if need_ge else None, ties,
+        cap_idx[has] if cap_idx is not None else None,
     )
     out = {
         "t2v": summarize(t2v_best, t2v_ap, ks, ties),

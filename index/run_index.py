@@ -12,13 +12,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from index.faiss_index import IDS_FILE, INDEX_FILE, META_FILE, IndexStoreError, VideoIndex
+from index.faiss_index import IDS_FILE, INDEX_FILE, META_FILE, IndexStoreError, VideoIndex, sample_positions
 from pipeline.training_set import RUN_SOURCES
 from vidfuse.errors import VidfuseError
+
+if TYPE_CHECKING:
+    from index.autoindex import ExactTopK
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,83 @@ def encode_run_videos(run: Run, features_dir: str, video_ids: Sequence[str], bat
     return encode_videos(run.head, bank, batch_size=batch_size)
 
 
+DEFAULT_CHUNK = 50_000  # videos read and encoded at a time: 800 MB of 4096-d embeddings at most
+TUNE_QUERIES = 1000
+
+
+def encoded_chunks(run: Run, features_dir: str, video_ids: Sequence[str],
+                   chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(embeddings, ids) of ``video_ids`` a chunk at a time, read from the shards holding them."""
+    for start in range(0, len(video_ids), chunk_size):
+        part = list(video_ids[start:start + chunk_size])
+        yield encode_run_videos(run, features_dir, part), part
+
+
+def stream_into(index: VideoIndex, chunks: Iterable[tuple[np.ndarray, list[str]]],
+                exact: "ExactTopK | None" = None) -> int:
+    """Add every chunk (and show it to ``exact``, the tuning's exact search); returns the count."""
+    added = 0
+    for emb, ids in chunks:
+        index.add(emb, ids)
+        if exact is not None:
+            exact.add(emb)
+        added += len(ids)
+        log.info("indexed %d videos", index.ntotal)
+    return added
+
+
+def build_streaming(
+    chunks: Callable[[Sequence[int] | None], Iterable[tuple[np.ndarray, list[str]]]],
+    n: int,
+    dim: int,
+    factory: str | None = "Flat",
+    max_index_memory: int | None = None,
+    target_recall: float = 0.95,
+    device: str = "auto",
+    train_size: int | None = None,
+    nprobe: int | None = None,
+    meta: dict | None = None,
+    seed: int = 0,
+    shards: int = 1,
+) -> VideoIndex:
+    """An index of n vectors of dim ``dim`` built chunk by chunk: memory is a chunk plus the index.
+
+    ``chunks(None)`` yields (embeddings, ids) of all n vectors in order; ``chunks(positions)``
+    those of the given (sorted) positions only: the seeded training sample, read the same way.
+    With ``max_index_memory`` (bytes) the factory is chosen from the budget, and nprobe /
+    efSearch tuned to ``target_recall`` (recall@10 against exact search, computed while the
+    vectors are added, on up to 1000 sampled vectors as queries, each one's own row left out).
+    """
+    from index.autoindex import ExactTopK, auto_train_rows, budget_index, tune_search
+
+    shard_size = -(-n // shards) if shards > 1 else None
+    if max_index_memory is not None:
+        index = budget_index(n, dim, max_index_memory, "ip", device, meta, seed, shard_size)
+    else:
+        index = VideoIndex.empty(dim, factory, "ip", device, meta, seed, shard_size)
+    exact = queries = own = None
+    if index.needs_training or max_index_memory is not None:
+        rows = (auto_train_rows(index, n) if max_index_memory is not None and train_size is None
+                else index.train_rows(n, train_size))
+        if max_index_memory is not None:
+            rows = max(rows, min(n, TUNE_QUERIES))  # the tuning's queries come from the sample too
+        positions = sample_positions(n, rows, seed)
+        sample = np.concatenate([emb for emb, _ in chunks(positions)])
+        if index.needs_training:
+            index.train(sample)
+        if max_index_memory is not None:
+            pick = np.sort(np.random.default_rng(seed + 1).permutation(len(positions))[:TUNE_QUERIES])
+            queries, own = sample[pick], positions[pick]
+            exact = ExactTopK(queries, 11)
+        del sample
+    stream_into(index, chunks(None), exact)
+    if exact is not None:
+        tune_search(index, queries, exact.result()[1], k=10, target=target_recall, own=own)
+    if nprobe is not None:
+        index.set_nprobe(nprobe)
+    return index
+
+
 def rerank_hits(head, texts, videos, positions: np.ndarray) -> np.ndarray:
     """Full-score re-rank of index hits (DLLFA stage 2); -inf where FAISS found no hit.
 
@@ -137,13 +217,22 @@ def build_index(
     split: str = "test",
     captions: str | None = None,
     splits: str | None = None,
-    factory: str = "Flat",
+    factory: str | None = "Flat",
     device: str = "auto",
     train_size: int | None = None,
     nprobe: int | None = None,
     add: bool = False,
+    max_index_memory: int | None = None,
+    target_recall: float = 0.95,
+    shards: int = 1,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> tuple[VideoIndex, int]:
-    """Build (or, with ``add``, extend) the index of a run; returns (index, videos added)."""
+    """Build (or, with ``add``, extend) the index of a run; returns (index, videos added).
+
+    Videos are read and encoded ``chunk_size`` at a time and added as they come. The index is
+    ``factory``, or with ``max_index_memory`` (bytes) the one that budget allows (see
+    index.autoindex), tuned to ``target_recall``; ``shards`` > 1 writes it as that many shards.
+    """
     run = Run.load(run_dir)
     features_dir = run.source("features", features_dir)
     ids = split_video_ids(run, features_dir, split, captions, splits)
@@ -159,23 +248,36 @@ def build_index(
         if not ids:
             log.info("index %s already holds every video of %s", out_dir, split)
             return existing, 0
-    log.info("encoding %d videos with the %s head", len(ids), run.config.head.type)
-    embeddings = encode_run_videos(run, features_dir, ids)
+    log.info("encoding %d videos with the %s head, %d at a time", len(ids), run.config.head.type, chunk_size)
     if existing is not None:
-        existing.add(embeddings, ids)
+        stream_into(existing, encoded_chunks(run, features_dir, ids, chunk_size))
         index = existing
     else:
-        index = VideoIndex.build(
-            embeddings, ids, factory=factory, metric="ip", device=device, train_size=train_size, nprobe=nprobe,
+        def chunks(positions):
+            wanted = ids if positions is None else [ids[p] for p in positions]
+            return encoded_chunks(run, features_dir, wanted, chunk_size)
+
+        dim = encode_run_videos(run, features_dir, ids[:1]).shape[1] if ids else 1
+        exact_score = bool(getattr(run.head, "exact_index", True))
+        index = build_streaming(
+            chunks, len(ids), dim, factory, max_index_memory, target_recall, device, train_size, nprobe,
             meta={"run": run.path, "head": run.config.head.type, "features": str(Path(features_dir).resolve()),
-                  "split": split, "exact": bool(getattr(run.head, "exact_index", True)), "weights": run.fingerprint},
+                  "split": split, "weights": run.fingerprint,
+                  # the index's inner product is the head's own video-text score (false for DLLFA, whose
+                  # index holds the video gist and whose full score re-ranks the hits); says nothing of
+                  # whether the FAISS search itself is exact, which is "exact_search"
+                  "exact_score": exact_score},
+            shards=shards,
         )
+        index.meta["extra"]["exact_search"] = index.meta["factory"] == "Flat"
     index.save(out_dir)
     return index, len(ids)
 
 
-def load_index_for_run(index_dir: str, run: Run, device: str = "cpu") -> VideoIndex:
-    """The index, refusing one built from another run (its embeddings would be meaningless)."""
+def load_index_for_run(index_dir: str, run: Run, device: str = "auto") -> VideoIndex:
+    """The index, refusing one built from another run (its embeddings would be meaningless).
+
+    ``device`` "auto" searches on the GPU(s) when FAISS has them, as build does."""
     try:
         index = VideoIndex.load(index_dir, device=device)
     except IndexStoreError as exc:

@@ -27,21 +27,26 @@ class Hit:
 class Searcher:
     """Run, index and text encoders loaded once; each query then costs one encode + one search."""
 
-    def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100):
+    def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100,
+                 index_device: str | None = None):
+        """``device``: the query encoder's (auto, cpu, cuda, cuda:N; gpu means cuda), and by default
+        the index's too (a GPU index when FAISS has GPU support); ``index_device`` overrides it."""
         from fusion.checkpoint import check_banks
         from pipeline.features import read_feature_manifest
         from pipeline.query_encoder import QueryEncoder
         from pipeline.text_job import text_feature_dir
         from pipeline.training_set import LEARNED_TEXT_FEATURES, head_features
 
+        from index.faiss_index import normalize_device
+
         self.run = Run.load(run_dir)
-        self.index = load_index_for_run(index_dir, self.run)
+        self.index = load_index_for_run(index_dir, self.run, normalize_device(index_device or device))
         self.features_dir = self.run.source("features", features_dir or self.index.meta.get("extra", {}).get("features"))
         video_names, text_names = head_features(self.run.config.head)
         for name in text_names:  # queries are encoded by what each folder's manifest describes: check it
             if name not in LEARNED_TEXT_FEATURES:
                 read_feature_manifest(text_feature_dir(self.features_dir, name), f"text/{name}")
-        self.queries = QueryEncoder(self.features_dir, text_names, device)
+        self.queries = QueryEncoder(self.features_dir, text_names, "cuda" if str(device).lower() == "gpu" else device)
         self.rerank_k = rerank_k
         self.videos = None
         if not getattr(self.run.head, "exact_index", True):

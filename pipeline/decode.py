@@ -79,16 +79,32 @@ class VideoReader(ABC):
     def __init__(self, path: str):
         self.path = str(path)
         self._closed = False
+        self._nearest = False  # read around damaged frames (see get_frames)
+        self._replaced: dict[int, int] = {}
+
+    @property
+    def replaced(self) -> dict[int, int]:
+        """Frames the last read could not decode -> the nearest decodable frame read instead."""
+        return self._replaced
+
+    def _set_nearest(self, nearest: bool) -> None:
+        self._nearest = nearest
+        self._replaced = {}
 
     # -- public API -------------------------------------------------------------------
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    def get_frames(self, indices: Sequence[int] | np.ndarray, nearest: bool = False) -> np.ndarray:
         """RGB uint8 frames for ``indices``, in the order given (duplicates allowed).
 
         A 1-D list gives [N, H, W, 3]; any integer array gives ``indices.shape + (H, W, 3)``
         (e.g. clip indices [clips, clip_len] -> [clips, clip_len, H, W, 3]). Each distinct
         frame is decoded once, in increasing order, then the output is re-ordered.
+
+        ``nearest``: a frame that does not decode (damaged packets) is taken from the nearest
+        one that does, where the backend can read around damage (PyAV); :attr:`replaced` then
+        maps each such index to the frame read. Otherwise a frame that does not decode is an error.
         """
         self._check_open()
+        self._set_nearest(nearest)
         idx = np.asarray(indices)
         if idx.size == 0:
             return np.empty(idx.shape + (self.info.height, self.info.width, 3), dtype=np.uint8)
@@ -179,13 +195,17 @@ def open_video(path: str, backend: str = "decord", fallback: str | None = None, 
     layer does so with ``pipeline.video_files.local_copy`` (Beam FileSystems), then calls
     this. A remote URI given here directly is refused with a VideoDecodeError saying so.
 
-    ``kwargs`` go to the backend (``decord``: ``num_threads``; ``pyav``: ``threads``).
+    ``backend`` may be ``auto`` (:mod:`pipeline.decode_auto`). ``kwargs`` go to the backend
+    (``decord``: ``num_threads``; ``pyav``: ``threads``).
     ``fallback``: another backend to try when ``backend`` cannot open the file (e.g.
     ``"pyav"`` for GIF or AV1 files that decord's bundled FFmpeg cannot read).
 
     Raises :class:`VideoDecodeError` for any unreadable file; :class:`ConfigError` for an
     unknown or uninstalled backend or an option the backend does not take.
     """
+    from pipeline.decode_auto import resolve_backend
+
+    backend = resolve_backend(backend)  # ``auto``: the decoder this process can load
     factory = _resolve_backend(backend)
     _check_options(backend, factory, kwargs)
     second = _resolve_backend(fallback) if fallback and fallback != backend else None
@@ -256,6 +276,14 @@ class _FallbackOnRead(VideoReader):
         """The reader in use (the primary one until a read failed)."""
         return self._reader
 
+    @property
+    def replaced(self) -> dict[int, int]:
+        return self._reader.replaced
+
+    def _set_nearest(self, nearest: bool) -> None:
+        super()._set_nearest(nearest)
+        self._reader._set_nearest(nearest)
+
     def frame_times(self) -> np.ndarray:
         return self._reader.frame_times()
 
@@ -281,6 +309,7 @@ class _FallbackOnRead(VideoReader):
                 raise VideoDecodeError(self.path, f"counts {second.info.num_frames} frames, not {self.info.num_frames}")
             self._reader.close()
             self._reader, self.info = second, second.info
+            second._set_nearest(self._nearest)
             return second._decode_sorted(indices)
         except Exception as exc:
             second_reason = exc.reason if isinstance(exc, VideoDecodeError) else _clean_reason(exc)
@@ -550,6 +579,12 @@ class DecordReader(VideoReader):
 # --------------------------------------------------------------------------------------
 
 
+# A video whose packets are partly damaged is read around them (each sampled frame that does
+# not decode is taken from the nearest one that does) when at least this share of its frames
+# decodes; below it, the video is a dead letter: its features would describe too little of it.
+MIN_DECODABLE = 0.5
+
+
 @register_backend("pyav")
 class PyAVReader(VideoReader):
     """PyAV decoder that seeks to the keyframe before each needed frame and decodes forward.
@@ -629,6 +664,57 @@ class PyAVReader(VideoReader):
             j -= 1
 
     def _decode_sorted(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._decode_exact(indices)
+        except Exception as exc:  # damaged packets: read around them, when asked to
+            if not self._nearest:
+                raise
+            return self._decode_nearest(indices, exc.reason if isinstance(exc, VideoDecodeError) else _clean_reason(exc))
+
+    def _packetwise(self, keep: set[int] | None) -> dict[int, Any]:
+        """Decode the whole stream one packet at a time, skipping packets the decoder refuses:
+        index -> frame (image when in ``keep``, else None; ``keep`` None: record indices only)."""
+        self._container.seek(int(self._index.pts[0]), stream=self._stream, backward=True, any_frame=False)
+        found: dict[int, Any] = {}
+        position = -1
+        for packet in self._container.demux(self._stream):
+            try:
+                decoded = packet.decode()
+            except Exception:  # a damaged packet (and what depends on it) is lost, the rest is not
+                continue
+            for frame in decoded:
+                position = self._frame_index(frame, position)
+                if 0 <= position < self.info.num_frames:
+                    found[position] = self._image(frame) if keep is not None and position in keep else None
+        return found
+
+    def _decode_nearest(self, indices: np.ndarray, reason: str) -> np.ndarray:
+        """The frames at ``indices``, each taken from the nearest frame that decodes; refused when
+        fewer than :data:`MIN_DECODABLE` of the video's frames decode at all, or when a wanted
+        frame lies after the last one that decodes (a truncated file is incomplete, not damaged:
+        it may still be being copied)."""
+        decodable = np.asarray(sorted(self._packetwise(None)), dtype=np.int64)
+        total = self.info.num_frames
+        if decodable.size < MIN_DECODABLE * total:
+            raise VideoDecodeError(self.path, f"{reason}; only {decodable.size} of {total} frames decode "
+                                              f"(at least {MIN_DECODABLE:.0%} must)")
+        if indices.max() > decodable[-1]:  # no frame decodes after some point: a cut file, not damage
+            raise VideoDecodeError(self.path, f"{reason}; no frame after {int(decodable[-1])} decodes (truncated?)")
+        right = np.clip(np.searchsorted(decodable, indices), 0, decodable.size - 1)
+        left = np.clip(right - 1, 0, decodable.size - 1)
+        nearest = np.where(np.abs(decodable[left] - indices) <= np.abs(decodable[right] - indices),
+                           decodable[left], decodable[right])
+        images = self._packetwise(set(nearest.tolist()))
+        self._replaced = {int(t): int(n) for t, n in zip(indices, nearest) if t != n}
+        log.warning("%s: %d of %d frames do not decode (%s); %d sampled frame(s) taken from the nearest decodable "
+                    "frame", self.path, total - decodable.size, total, reason, len(self._replaced))
+        return np.stack([images[int(n)] for n in nearest])
+
+    def _image(self, frame) -> np.ndarray:
+        image = frame.to_ndarray(format="rgb24")
+        return np.rot90(image, self._turns) if self._turns else image
+
+    def _decode_exact(self, indices: np.ndarray) -> np.ndarray:
         out = np.empty((indices.size, self.info.height, self.info.width, 3), dtype=np.uint8)
         frames: Iterator[tuple[int, Any]] | None = None
         position = -1  # index of the last frame decoded
@@ -650,8 +736,7 @@ class PyAVReader(VideoReader):
                 raise VideoDecodeError(self.path, f"frame {target} could not be decoded (the stream ends after frame {position})")
             if position > target:
                 raise VideoDecodeError(self.path, f"frame {target} could not be decoded (the decoder skipped to frame {position})")
-            image = frame.to_ndarray(format="rgb24")
-            out[k] = np.rot90(image, self._turns) if self._turns else image
+            out[k] = self._image(frame)
         return out
 
 

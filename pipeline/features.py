@@ -389,21 +389,12 @@ def load_feature_set(
             lacking = [r.path for r in readers if not r.has_frames]
             raise ShardError(f"{path}: some shards have frame matrices and others do not, e.g. without: {lacking[:3]}")
         has_frames = bool(with_frames) and all(with_frames)
-        total = sum(r.num_rows for r in readers)
         sparse = [r.sparse for r in readers]
         if any(sparse) and not all(sparse):
             lacking = [r.path for r in readers if not r.sparse]
             raise ShardError(f"{path}: some shards hold sparse vectors and others dense ones, e.g. dense: {lacking[:3]}")
-
-        # Pass 2: vectors and small per-row data, straight into preallocated arrays.
-        features = np.empty((0 if any(sparse) else total, dim), dtype=np.float32)
-        sparse_parts = []
-        num_frames = np.empty(total, dtype=np.int64)
-        all_ids: list[str] = []
         owner: dict[str, str] = {}
         duplicates: list[str] = []
-        index_values, index_lengths = [], []
-        starts = np.zeros(len(readers) + 1, np.int64)
         for k, reader in enumerate(readers):
             for video_id in shard_ids[k]:
                 if video_id in owner:
@@ -411,6 +402,24 @@ def load_feature_set(
                                       f"{FileSystems.split(reader.path)[1]})")
                 else:
                     owner[video_id] = reader.path
+        if ids is not None and not duplicates:  # read only the shards holding wanted rows (a chunk of a big set)
+            wanted = set(ids)
+            keep = [k for k in range(len(readers)) if not wanted.isdisjoint(shard_ids[k])]
+            if len(keep) < len(readers):
+                for k in set(range(len(readers))) - set(keep):
+                    readers[k].close()
+                readers, shard_ids = [readers[k] for k in keep], [shard_ids[k] for k in keep]
+                paths = [paths[k] for k in keep]
+        total = sum(r.num_rows for r in readers)
+
+        # Pass 2: vectors and small per-row data, straight into preallocated arrays.
+        features = np.empty((0 if any(sparse) else total, dim), dtype=np.float32)
+        sparse_parts = []
+        num_frames = np.empty(total, dtype=np.int64)
+        all_ids: list[str] = []
+        index_values, index_lengths = [], []
+        starts = np.zeros(len(readers) + 1, np.int64)
+        for k, reader in enumerate(readers):
             start, stop = starts[k], starts[k] + reader.num_rows
             starts[k + 1] = stop
             if reader.sparse:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from fusion.data import FeatureBank
-from pipeline.text_job import encoder_from_manifest, text_feature_dir, vocab_path
-from pipeline.training_set import LEARNED_TEXT_FEATURES
+from pipeline.text_job import encoder_from_manifest, text_feature_dir
+from pipeline.training_set import LEARNED_TEXT_FEATURES, gru_vocabulary
 
 
 class QueryEncoder:
@@ -19,13 +19,10 @@ class QueryEncoder:
             if name not in LEARNED_TEXT_FEATURES
         }
         self.tokenizer = None
-        self.vocab_size = None  # as pipeline.training_set.load_text_bank counts it (id 0 = padding)
+        self.vocab_size = None  # as pipeline.training_set.load_text_bank counts it
         if any(name in LEARNED_TEXT_FEATURES for name in text_names):
-            from extractors.text_bow import BowEncoder, BowVocabulary
-
-            vocab = BowVocabulary.load(vocab_path(text_feature_dir(features_dir, "bow")))
-            self.tokenizer = BowEncoder(vocab)
-            self.vocab_size = len(vocab) + 1
+            self.tokenizer = gru_vocabulary(features_dir)
+            self.vocab_size = len(self.tokenizer)
 
     def bank(self, texts: Sequence[str]) -> FeatureBank:
         bank = FeatureBank(vectors={name: encode(list(texts)) for name, encode in self.encoders.items()})

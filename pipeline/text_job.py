@@ -49,6 +49,9 @@ def vocab_path(bow_dir: str) -> str:
     path = posixpath.join(bow_dir, VOCAB_FILE)
     older = posixpath.join(bow_dir, LEGACY_VOCAB_FILE)
     return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
+
+
+GRU_VOCAB_FILE = "_gru_vocab.json"  # extractors.text_gru's: written beside the bow vocabulary
 SPARSE = "sparse"  # manifest extra["storage"] of a bow folder whose shards hold CSR counts
 
 
@@ -97,13 +100,15 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 
-        vocab = BowVocabulary.from_config(config.text.bow, _train_texts(captions, captions_path, splits_dir))
+        train_texts = _train_texts(captions, captions_path, splits_dir)
+        vocab = BowVocabulary.from_config(config.text.bow, train_texts)
         warn_overlong(captions)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
-        fields = dict(model="bow", weights="none", dim=len(vocab), config=settings,
-                      config_hash=config_hash(settings), extra={"vocabulary": VOCAB_FILE, "storage": SPARSE})
-        return BowEncoder(vocab).encode_sparse, fields, lambda: vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+        fields = dict(model="bow", weights="none", dim=len(vocab), config=settings, config_hash=config_hash(settings),
+                      extra={"vocabulary": VOCAB_FILE, "gru_vocabulary": GRU_VOCAB_FILE, "storage": SPARSE})
+        return BowEncoder(vocab).encode_sparse, fields, lambda: _save_vocabularies(vocab, config.text.bow.min_count,
+                                                                                   train_texts, out_dir)
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -123,6 +128,14 @@ def _refuse_dense_bow(folder: str, existing: Manifest) -> None:
             "training still reads it, but to add captions delete that folder and rerun "
             "`vidfuse extract-text --encoders bow` (it now stores them sparse)"
         )
+
+
+def _save_vocabularies(vocab, min_count: int, train_texts: Sequence[str], out_dir: str) -> None:
+    """The bow vocabulary, and the GRU's own (same train captions and min count, stopwords kept)."""
+    from extractors.text_gru import GruVocabulary
+
+    vocab.save(posixpath.join(out_dir, VOCAB_FILE))
+    GruVocabulary.build(train_texts, min_count).save(posixpath.join(out_dir, GRU_VOCAB_FILE))
 
 
 def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:

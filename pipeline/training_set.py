@@ -2,7 +2,7 @@
 
 Feature names follow the heads' convention: ``"clip"`` is a video-level (or sentence-level)
 vector, ``"clip@frames"`` the per-frame matrix of the same feature set, and text ``"gru"``
-the token ids of the bow vocabulary (the GRU is learned inside the head).
+the token ids of the GRU's own vocabulary (the GRU is learned inside the head).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pipeline.captions import Caption, read_captions
 from pipeline.features import FeatureSet, load_feature_set
 from pipeline.manifest import Manifest
 from pipeline.splits import find_split_files, read_split
-from pipeline.text_job import text_feature_dir, warn_overlong
-from pipeline.text_job import vocab_path as bow_vocab_path
+from pipeline.text_job import GRU_VOCAB_FILE, text_feature_dir, warn_overlong
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
@@ -102,10 +101,24 @@ def load_video_bank(features_dir: str, names: Sequence[str], video_ids: Sequence
     return _bank_from_sets(sets, names), {b: s.manifest for b, s in sets.items()}
 
 
+def gru_vocabulary(features_dir: str):
+    """The GRU vocabulary extract-text wrote beside the bow features (:mod:`extractors.text_gru`)."""
+    from extractors.text_gru import GruVocabulary
+
+    path = posixpath.join(text_feature_dir(features_dir, "bow"), GRU_VOCAB_FILE)
+    try:
+        return GruVocabulary.load(path)
+    except VidfuseError as exc:
+        raise TrainingSetError(
+            f"the 'gru' text feature needs the GRU vocabulary that `vidfuse extract-text --encoders bow` writes "
+            f"({exc}); features extracted by an earlier vidfuse lack it: extract the text features again"
+        ) from None
+
+
 def load_text_bank(
     features_dir: str, names: Sequence[str], captions: Sequence[Caption]
 ) -> tuple[FeatureBank, dict[str, Manifest], int | None]:
-    """Text features of ``captions``; ``gru`` becomes token ids of the bow vocabulary.
+    """Text features of ``captions``; ``gru`` becomes token ids of the GRU vocabulary.
 
     Returns (bank, manifests, vocab_size or None).
     """
@@ -115,17 +128,27 @@ def load_text_bank(
     bank = _bank_from_sets(sets, stored)
     vocab_size = None
     if any(n in LEARNED_TEXT_FEATURES for n in names):
-        from extractors.text_bow import BowEncoder, BowVocabulary
-
-        vocab_path = bow_vocab_path(text_feature_dir(features_dir, "bow"))
-        try:
-            vocab = BowVocabulary.load(vocab_path)
-        except VidfuseError as exc:
-            raise TrainingSetError(f"the 'gru' text feature needs the bow vocabulary ({exc}); run `vidfuse extract-text --encoders bow` first") from None
+        vocab = gru_vocabulary(features_dir)
         warn_overlong(captions)
-        bank.tokens = BowEncoder(vocab).token_ids([c.text for c in captions])
-        vocab_size = len(vocab) + 1  # id 0 = padding / unknown word
+        bank.tokens = vocab.token_ids([c.text for c in captions])
+        vocab_size = len(vocab)
     return bank, {f"text/{n}": s.manifest for n, s in sets.items()}, vocab_size
+
+
+def gru_word_embeddings(features_dir: str, gru_cfg) -> np.ndarray | None:
+    """Initial GRU word embeddings from ``gru_cfg.word2vec`` (None when not given), rows by token id."""
+    if not getattr(gru_cfg, "word2vec", None):
+        return None
+    from extractors.text_w2v import W2VEncoder, load_word2vec
+
+    try:
+        words, matrix = load_word2vec(gru_cfg.word2vec)
+    except VidfuseError as exc:
+        raise TrainingSetError(f"head.gru.word2vec: {exc}") from None
+    if matrix.shape[1] != gru_cfg.word_dim:
+        raise TrainingSetError(f"head.gru.word2vec has {matrix.shape[1]}-d vectors but head.gru.word_dim is "
+                               f"{gru_cfg.word_dim}: set head.gru.word_dim={matrix.shape[1]}")
+    return W2VEncoder(words, matrix).embedding_matrix_for(gru_vocabulary(features_dir).tokens)
 
 
 def check_clip_pairing(video: dict[str, Manifest], text: dict[str, Manifest]) -> None:
@@ -262,6 +285,7 @@ def build_train_data(features_dir: str, corpus: Corpus, head_cfg, val_split: str
         video_ids=video_ids,
         caption_ids=[c.caption_id for c in captions],
         vocab_size=vocab_size,
+        word_embeddings=gru_word_embeddings(features_dir, head_cfg.gru) if vocab_size else None,
     )
     if not len(data.train_captions):
         raise TrainingSetError(f"no caption of {corpus.captions_path} belongs to a train video")

@@ -153,7 +153,8 @@ class _DecodeAndSampleFn(beam.DoFn):
                     times = reader.frame_times()
                 wanted = {n: sample_indices(self.samplings[n], info.num_frames, times) for n in pending}
                 union = np.unique(np.concatenate([idx.ravel() for idx in wanted.values()]))
-                frames = reader.get_frames(union)
+                frames = reader.get_frames(union, nearest=True)
+                replaced = dict(reader.replaced)  # damaged frames read from their nearest decodable one
         except Exception as exc:  # a bad video is a dead letter, never a crash of the job
             self.failed.inc()
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
@@ -169,6 +170,8 @@ class _DecodeAndSampleFn(beam.DoFn):
         for name, idx in wanted.items():
             take = np.fromiter((position[int(i)] for i in idx.ravel()), dtype=np.int64)
             resized[name] = self.transforms[name].resize_crop(frames[take]).numpy()
+            if replaced:  # the row records the frames its features come from
+                wanted[name] = np.vectorize(lambda i: replaced.get(int(i), int(i)), otypes=[np.int64])(idx)
         del frames  # the full-resolution frames go before any model sees the video
         for name, idx in wanted.items():
             yield beam.pvalue.TaggedOutput(

@@ -63,8 +63,7 @@ def tiny_head_config(kind: str) -> HeadConfig:
         section.text_features = ["clip", "bow", "gru"]
         section.dim = 64
         section.dropout = 0.0
-        section.frame_pool.dropout = 0.0
-    cfg.laff_ml.heads = 4
+    cfg.laff_ml.heads = 2  # the 32-d pooled clip frames and text clip pass through, tiled to 2 x 32
     cfg.single.dim = 64
     cfg.single.dropout = 0.0
     cfg.gru.word_dim, cfg.gru.hidden = 8, 16

@@ -446,8 +446,8 @@ WRONG_KIND = [
     ("extract", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not an extraction config"),
     ("extract-text", "configs/datasets/synth.yaml", "a dataset config", "not an extraction config"),
     ("train", "configs/extract/tiny.yaml", "an extraction config", "not a fusion training config"),
-    ("train", "configs/train/tiny_clip_ft.yaml", "a CLIP fine-tuning config", "not a fusion training config"),
-    ("finetune-clip", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not a CLIP fine-tuning config"),
+    ("train", "configs/train/tiny_clip_ft.yaml", "an extractor fine-tuning config", "not a fusion training config"),
+    ("finetune-clip", "configs/train/tiny_laff_ml.yaml", "a fusion training config", "not an extractor fine-tuning config"),
 ]
 
 
@@ -508,9 +508,11 @@ CONFIG_VALUES = [
     ("train", "batch_size=-3", ["batch_size must be >= 1 (got -3)"]),
     ("train", "head.laff_ml.dim=0", ["head.laff_ml.dim must be >= 1, got 0"]),
     ("train", "head.laff_ml.heads=0", ["head.laff_ml.heads must be >= 1, got 0"]),
-    ("train", "head.laff_ml.dim=130", ["head.laff_ml.dim must be a multiple of head.laff_ml.heads=4, got 130"]),
+    ("train", "head.laff_ml.dim=129", ["head.laff_ml.dim must be a multiple of head.laff_ml.heads=2, got 129"]),
     ("train", "head.laff_ml.dropout=1.5", ["head.laff_ml.dropout must be in [0, 1), got 1.5"]),
-    ("train", "head.laff_ml.frame_pool.dim=-5", ["head.laff_ml.frame_pool.dim must be >= 0, got -5"]),
+    ("train", "head.laff_ml.video_features=[x3d]", ["head.laff_ml.video_features has no '<name>@frames' feature",
+                                                    "multi-level", "head.type=laff"]),
+    ("train", "amp_dtype=half", ["amp_dtype must be one of auto, float16, bfloat16 (got 'half')"]),
     ("train", "head.gru.hidden=0", ["head.gru.hidden must be >= 1, got 0"]),
     ("train", "head.laff_ml.video_features=[]", ["head.laff_ml.video_features is empty"]),
     ("train", "head.laff_ml.text_features=[clip,clip]", ["head.laff_ml.text_features names ['clip'] more than once"]),

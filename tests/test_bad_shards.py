@@ -242,23 +242,24 @@ def _flip_byte(path: Path, offset: int) -> None:
 def _dmg_flipped_byte_in_parquet_vectors(f):  # bit rot inside a data page; the footer is fine
     import pyarrow.parquet as pq
 
-    path = _first(f, ".parquet")
-    meta = pq.ParquetFile(path).metadata.row_group(0)
-    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("feature"))
-    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
-    _flip_byte(path, start + chunk.total_compressed_size // 2)
-    return [path.name, "cannot read column 'feature'"]
+    # in every shard: a stage reads the vectors only of the shards holding the videos it needs
+    for path in _shards(f, ".parquet"):
+        meta = pq.ParquetFile(path).metadata.row_group(0)
+        chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("feature"))
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+        _flip_byte(path, start + chunk.total_compressed_size // 2)
+    return [".parquet", "cannot read column 'feature'"]
 
 
 def _dmg_flipped_byte_in_hdf5_vectors(f):
     import h5py
 
     _hdf5_only(f)
-    path = _first(f, ".h5")
-    with h5py.File(path, "r") as h5:
-        chunk = h5["features"].id.get_chunk_info(0)
-    _flip_byte(path, chunk.byte_offset + chunk.size // 2)
-    return [path.name, "cannot read dataset 'features'"]
+    for path in _shards(f, ".h5"):  # in every shard, as above
+        with h5py.File(path, "r") as h5:
+            chunk = h5["features"].id.get_chunk_info(0)
+        _flip_byte(path, chunk.byte_offset + chunk.size // 2)
+    return [".h5", "cannot read dataset 'features'"]
 
 
 def _dmg_truncated_hdf5_copy(f):  # the Parquet copy, which is read, is fine
@@ -545,8 +546,9 @@ def test_nonfinite_vector_of_a_test_video_refuses_its_index_and_benchmark(stage_
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
 def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, features, tmp_path, capsys, fmt):
-    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF-ml (reads
-    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one."""
+    """NaN in one frame of a val video: meanP (reads clip frames) refuses naming it; LAFF (reads
+    the pooled clip vector, which is finite) trains; the meanP index of the test split is the clean one.
+    (LAFF-ml reads the frames: its frame level is multi-level LAFF's.)"""
     folder = features / FRAME_SET
     if fmt == "hdf5":
         _hdf5_only(folder)
@@ -557,7 +559,10 @@ def test_nonfinite_frames_refuse_only_heads_that_read_frames(stage_data, runs, f
     err = _error(capsys, "train")
     assert repr(bad) in err and place in err and "frame matrix" in err and "NaN/inf" in err, err
     assert not (tmp_path / "meanp").exists()
-    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff_ml") == 0
+    assert _train(stage_data, features, tmp_path / "laff", "tiny_laff") == 0
+    assert _train(stage_data, features, tmp_path / "laff_ml", "tiny_laff_ml") == 2
+    err = _error(capsys, "train")
+    assert repr(bad) in err and "frame matrix" in err, err
 
     meanp = runs["meanp"]
     assert _index(meanp, features, tmp_path / "index") == 0
@@ -678,10 +683,10 @@ def test_damaged_text_folder(stage_data, runs, features, tmp_path, capsys, case)
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "not_a_vocabulary"])
-def test_damaged_bow_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
+def test_damaged_gru_vocabulary_is_refused_by_every_stage_that_tokenizes(stage_data, runs, features, tmp_path, capsys,
                                                                          case):
-    """text/bow/vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
-    vocab = features / "text" / "bow" / "_vocab.json"
+    """text/bow/_gru_vocab.json, the side file the learned 'gru' text feature reads (train, benchmark, search)."""
+    vocab = features / "text" / "bow" / "_gru_vocab.json"
     {"truncated": _truncate, "missing": Path.unlink, "not_a_vocabulary": lambda p: p.write_text("{}")}[case](vocab)
     run = runs["laff_ml"]
     index = built_index(stage_data, run)

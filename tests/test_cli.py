@@ -138,9 +138,9 @@ def test_gpu_and_cuda_name_the_same_device_everywhere(command):
 
 
 def test_index_hands_faiss_its_own_device_name():
-    from vidfuse.commands.index import faiss_device
+    from index.faiss_index import normalize_device
 
-    assert [faiss_device(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == ["auto", "cpu", "gpu", "gpu"]
+    assert [normalize_device(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == ["auto", "cpu", "gpu", "gpu"]
 
 
 def test_search_refuses_k_0_before_loading_anything():

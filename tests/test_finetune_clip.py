@@ -27,6 +27,7 @@ import torch
 
 from extractors.registry import build_extractor
 from fusion.checkpoint import CheckpointError
+from fusion.finetune import FinetuneModel
 from fusion.clip_ft import (CLIP_FT, CLIP_FT_INFO, EXTRACT_CONFIG, ClipFtConfig, ClipFtDataError, batch_captions,
                             build_start_model, load_clip_ft_data, random_segment_indices, run_finetune_clip,
                             zero_shot_metrics)
@@ -343,7 +344,7 @@ def test_zero_shot_metrics_leave_out_undecodable_videos(synth, tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     val.ids, val.paths, val.captions = val.ids + ["bad"], val.paths + [str(tmp_path / "bad.mp4")], \
         val.captions + [["a caption"]]
-    clip = build_start_model(tiny_cfg().clip)
-    result = zero_shot_metrics(clip.model, clip.tokenizer, clip.transform, val, tiny_cfg().clip.sampling)
+    clip = build_start_model("clip", tiny_cfg().clip)
+    result = zero_shot_metrics(FinetuneModel(clip, clip), clip.tokenizer, clip.transform, val, tiny_cfg().clip.sampling)
     assert list(result.failed) == ["bad"] and result.videos == len(val) - 1
     assert result.captions == val.num_captions - 1

@@ -12,7 +12,7 @@ from fusion.config import HeadConfig
 from fusion.data import FeatureBank, collate_texts, collate_videos, feature_dims
 from fusion.factory import build_head
 from fusion.heads import cat_embeddings, index_embeddings
-from fusion.laff import FramePool, LaffBlock
+from fusion.laff import FrameAttention, LaffBlock
 from fusion.losses import info_nce, triplet_ranking_loss
 from tests.fusion_helpers import VOCAB, random_banks, tiny_head_config
 from vidfuse.errors import ConfigError, VidfuseError
@@ -80,23 +80,98 @@ def test_laff_ml_index_form_equals_mean_of_head_cosines():
         manual = torch.stack([
             F.cosine_similarity(te["emb"][:, k, None, :], ve["emb"][None, :, k, :], dim=-1) for k in range(h)
         ]).mean(0)
-    assert h == 4 and te["emb"].shape[1] == 4
+    assert h == 2 and te["emb"].shape[1] == 2
     assert torch.allclose(ip, sim, atol=1e-5)
     assert torch.allclose(manual, sim, atol=1e-5)
     assert head.index_embedding(ve).shape == (9, 64)
 
 
-def test_laff_ml_passthrough_tiles_per_head():
+def test_eight_head_laff_per_head_batchnorm_on_tiled_passthrough():
+    """LAFF as released, from the formulas: 8 heads over 8 x 32; clip (32-d) tiled 8x then one
+    BatchNorm1d(256), so each head has its own scale and shift; x3d: Linear -> tanh -> dropout."""
     videos, texts = random_banks(6, 6)
-    cfg = tiny_head_config("laff_ml")
-    cfg.laff_ml.heads = 2  # 64 / 2 = 32 = clip dim -> the BatchNorm'ed clip vector feeds both heads
-    cfg.laff_ml.video_passthrough = ["clip"]
-    cfg.laff_ml.text_passthrough = ["clip"]
-    head = _head("laff_ml", videos, texts, cfg)
-    te, ve = _encode(head, videos, texts, np.arange(6), np.arange(6))
-    assert ve["emb"].shape == (6, 2, 32)
-    cfg.laff_ml.heads = 4
+    cfg = tiny_head_config("laff")
+    cfg.laff.video_features, cfg.laff.text_features = ["clip", "x3d"], ["clip", "bow"]
+    cfg.laff.dim, cfg.laff.heads, cfg.laff.dropout = 256, 8, 0.2
+    cfg.laff.video_passthrough, cfg.laff.text_passthrough = ["clip"], ["clip"]
+    head = _head("laff", videos, texts, cfg).eval()
+    proj = head.video_fuse.project
+    bn = proj.proj["clip"]
+    assert isinstance(bn, torch.nn.BatchNorm1d) and bn.num_features == 256 and not len(proj.norm)
+    with torch.no_grad():  # a distinct scale and shift per head slot, running stats per slot
+        bn.weight.copy_(torch.arange(1, 257, dtype=torch.float32) / 64)
+        bn.bias.copy_(torch.linspace(-1, 1, 256))
+        bn.running_mean.copy_(torch.randn(256))
+        bn.running_var.copy_(torch.rand(256) + 0.5)
+        batch = collate_videos(videos, np.arange(6), head.video_inputs)
+        e, a = head.video_fuse(head.video_in(batch)[0])
+        f = batch["clip"]
+        x = torch.tanh(proj.proj["x3d"](batch["x3d"]))  # eval: dropout is the identity
+        for h in range(8):
+            sl = slice(32 * h, 32 * (h + 1))
+            clip_h = (f - bn.running_mean[sl]) / torch.sqrt(bn.running_var[sl] + bn.eps) * bn.weight[sl] + bn.bias[sl]
+            xs = torch.stack([clip_h, x[:, sl]], 1)  # [B, 2, 32]
+            w = head.video_fuse.scorer.weight[h]
+            a_h = torch.softmax(xs @ w, dim=1)
+            torch.testing.assert_close(a[:, h], a_h, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(e[:, h], F.normalize((a_h[..., None] * xs).sum(1), dim=-1), atol=1e-5, rtol=1e-5)
+    # the pass-through path has no dropout: in training mode two passes agree on it
+    head.train()
+    with torch.no_grad():
+        clip_only = {"clip": batch["clip"], "x3d": batch["x3d"]}
+        one, two = proj(clip_only), proj(clip_only)
+    torch.testing.assert_close(one[:, 0], two[:, 0])
+    assert not torch.equal(one[:, 1], two[:, 1])  # the projected x3d goes through dropout 0.2
+    # loss summed over the 8 heads, similarity their mean
+    with torch.no_grad():
+        head.eval()
+        te, ve = _encode(head, videos, texts, np.arange(6), np.arange(6))
+        per_head = head.head_similarities(te, ve)
+        assert per_head.shape == (8, 6, 6)
+        torch.testing.assert_close(head.similarity(te, ve), per_head.mean(0))
+        pos = torch.eye(6, dtype=torch.bool)
+        total, _ = head.loss(te, ve, pos)
+        torch.testing.assert_close(total, sum(triplet_ranking_loss(s, pos) for s in per_head))
+    # a pass-through dim that neither fills the space nor one head is refused, naming it
+    cfg.laff.heads = 4
     with pytest.raises(ConfigError, match="clip"):
+        _head("laff", videos, texts, cfg)
+
+
+def test_laff_ml_is_multi_level_with_batchnorm_after_tanh():
+    """Frame level without projection under the video level; BatchNorm after tanh/dropout on every
+    projected feature, both sides; the frame level passes through (tiled, BatchNorm, no dropout)."""
+    videos, texts = random_banks(5, 5)
+    cfg = tiny_head_config("laff_ml")
+    cfg.laff_ml.video_features = ["clip@frames", "x3d"]
+    head = _head("laff_ml", videos, texts, cfg).eval()
+    pool = head.video_in.pools["clip@frames"]
+    assert isinstance(pool, FrameAttention)
+    assert [n for n, _ in pool.named_parameters()] == ["scorer.weight"]  # no projection ("NoFrameFc")
+    assert pool.scorer.weight.shape == (1, 32)
+    vp, tp = head.video_fuse.project, head.text_fuse.project
+    assert vp.tile == {"clip@frames": 2} and tp.tile == {"clip": 2}
+    assert set(vp.norm) == {"x3d"} and set(tp.norm) == {"bow", "gru"}
+    assert all(bn.num_features == 64 for bn in [*vp.norm.values(), *tp.norm.values()])
+    with torch.no_grad():
+        batch = collate_videos(videos, np.arange(5), head.video_inputs)
+        frames, mask = batch["clip@frames"], batch["clip@mask"]
+        feats, frame_attn = head.video_in(batch)
+        # the frame attention by hand: a = softmax over the real frames of w.f_t, out = l2n(sum a_t f_t)
+        for b in range(5):
+            real = frames[b, mask[b]]
+            a = torch.softmax(real @ pool.scorer.weight[0], 0)
+            torch.testing.assert_close(frame_attn["clip@frames"][b, mask[b]], a)
+            torch.testing.assert_close(feats["clip@frames"][b], F.normalize(a @ real, dim=0))
+        # the video level: projected x3d = BN(tanh(W f + b)) (eval: running stats)
+        x = vp(feats)
+        bn = vp.norm["x3d"]
+        ref = (torch.tanh(vp.proj["x3d"](batch["x3d"])) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        torch.testing.assert_close(x[:, 1], ref * bn.weight + bn.bias)
+    # without a frame-level feature it is not LAFF-ml: refused, pointing at multi-head laff
+    cfg.laff_ml.video_features = ["clip", "x3d"]
+    cfg.laff_ml.video_passthrough = []
+    with pytest.raises(ConfigError, match="multi-level"):
         _head("laff_ml", videos, texts, cfg)
 
 
@@ -126,14 +201,22 @@ def test_padded_frames_do_not_change_outputs(kind):
         torch.testing.assert_close(head.similarity(te, alone), head.similarity(te, ve), atol=1e-5, rtol=1e-5)
 
 
-def test_frame_pool_attention_masked():
-    pool = FramePool(8, 16).eval()
+def test_frame_attention_masked_and_padding_changes_nothing():
+    pool = FrameAttention(8).eval()
     x = torch.randn(3, 5, 8)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
     out, a = pool(x, mask)
     torch.testing.assert_close(a.sum(1), torch.ones(3))
     assert torch.all(a[~mask] == 0)
     torch.testing.assert_close(a[2, 0], torch.tensor(1.0))
+    torch.testing.assert_close(out[2], F.normalize(x[2, 0], dim=0))  # one frame: the frame itself, unit norm
+    garbage = x.masked_fill(~mask[..., None], float("nan"))  # whatever sits in the padding
+    out2, a2 = pool(garbage, mask)
+    torch.testing.assert_close(out2, out)
+    torch.testing.assert_close(a2, a)
+    for b in range(3):  # each video alone, no padding at all
+        alone, _ = pool(x[b : b + 1, mask[b]], None)
+        torch.testing.assert_close(alone[0], out[b])
 
 
 # -- DLLFA ----------------------------------------------------------------------------------
@@ -186,10 +269,8 @@ def test_dllfa_scores_chunked_pairs_and_stage1():
 def test_gradients_reach_every_parameter(kind):
     videos, texts = random_banks(8, 10)
     cfg = tiny_head_config(kind.replace("_passthrough", ""))
-    if kind == "laff_ml_passthrough":
-        cfg.laff_ml.heads = 2
-        cfg.laff_ml.video_passthrough = ["clip"]
-        cfg.laff_ml.text_passthrough = ["clip"]
+    if kind == "laff_ml_passthrough":  # the clip vector too passes through (tiled, BatchNorm)
+        cfg.laff_ml.video_passthrough = ["clip", "clip@frames"]
     if kind == "single":
         cfg.single.video_feature, cfg.single.text_feature = "clip@frames", "gru"
     head = _head(cfg.type, videos, texts, cfg).train()
@@ -327,9 +408,11 @@ def test_build_head_errors_name_the_problem():
     with pytest.raises(ConfigError, match="nope"):
         build_head(HeadConfig(type="nope"), vd, td, VOCAB)
     cfg = tiny_head_config("laff")
-    cfg.laff.heads = 2
-    with pytest.raises(ConfigError, match="laff_ml"):
+    cfg.laff.heads = 3
+    with pytest.raises(ConfigError, match="multiple of head.laff.heads=3"):
         build_head(cfg, vd, td, VOCAB)
+    cfg.laff.heads = 2  # multi-head LAFF (what laff_ml once meant) is laff with heads > 1
+    assert build_head(cfg, vd, td, VOCAB).heads == 2
 
 
 def test_gru_word_embeddings_from_matrix():

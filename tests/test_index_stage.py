@@ -58,9 +58,10 @@ def test_flat_index_equals_numpy_brute_force_over_the_run_embeddings(stage_data,
     run, banks = _split_banks(stage_data, runs["laff_ml"], "test")
     assert index.ids == banks.video_ids == test_ids
     assert index.meta["run"] == run.path and index.meta["head"] == "laff_ml"
-    assert index.meta["extra"]["split"] == "test" and index.meta["extra"]["exact"] is True
+    assert index.meta["extra"]["split"] == "test" and index.meta["extra"]["exact_score"] is True
+    assert index.meta["extra"]["exact_search"] is True  # Flat: the FAISS search is exhaustive
     videos = encode_run_videos(run, str(stage_data.features), test_ids)
-    assert videos.shape == (len(test_ids), 128)
+    assert videos.shape == (len(test_ids), run.config.head.laff_ml.dim)  # concat_h(e_h) / sqrt(h)
     np.testing.assert_allclose(np.linalg.norm(videos, axis=1), 1.0, rtol=1e-5)  # concat_h(e_h)/sqrt(h)
     np.testing.assert_array_equal(index.reconstruct_all(), videos)
 
@@ -199,6 +200,16 @@ def test_benchmark_flat_through_index_equals_exact_and_writes_the_report(stage_d
                 for v in range(len(banks.video_ids))]
     assert exact["v2t"]["R@1"] == pytest.approx(100 * np.mean(np.array(v2t_best) <= 1))
 
+    # the same run with another tie rule: each report says which one it used
+    assert cli("benchmark", "--run", runs["laff_ml"], "--index", index, "--out", report, "--ties", "average",
+               "--name", "laff_ml_average") == 0
+    capsys.readouterr()
+    averaged = json.loads((report / "metrics.json").read_text())
+    assert averaged["ties"] == averaged["exact"]["t2v"]["ties"] == averaged["exact"]["v2t"]["ties"] == "average"
+    assert averaged["exact"]["t2v"]["MeanR"] >= exact["t2v"]["MeanR"]
+    title = (report / "table.md").read_text().splitlines()[0]
+    assert "optimistic" in title and "laff_ml_average average" in title, title
+
 
 def test_benchmark_dllfa_reports_stage1_and_reranked_numbers(stage_data, runs, tmp_path):
     from fusion.encode import similarity_matrix
@@ -241,9 +252,11 @@ def test_two_runs_into_one_report_folder_give_a_two_row_table(stage_data, runs, 
         assert cli("benchmark", "--run", runs[name], "--index", built_index(stage_data, runs[name]),
                    "--out", report) == 0
     rows = [line for line in (report / "table.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 3  # header + two runs
+    assert len(rows) == 6  # header + two runs, exact and through the index, + the chance level
     names = [row.split("|")[1].strip() for row in rows[1:]]
-    assert sorted(names) == sorted([runs["laff_ml"].name, runs["dllfa"].name])
+    expected = [runs["laff_ml"].name, runs["dllfa"].name, "chance"]
+    expected += [f"{runs[n].name} via index (Flat, top 12)" for n in ("laff_ml", "dllfa")]  # 12 test videos
+    assert sorted(names) == sorted(expected)
     assert json.loads((report / "metrics.json").read_text())["head"] == "laff_ml"
 
 
@@ -332,3 +345,43 @@ def test_dllfa_rerank_through_an_approximate_index_skips_missing_hits(stage_data
     hits = searcher.search(banks.captions[0].text, 10)
     assert 0 < len(hits) < 10 and all(np.isfinite(h.score) for h in hits)
     assert len({h.video_id for h in hits}) == len(hits)
+
+
+# --------------------------------------------------------------------------- runs of an earlier recipe
+
+
+def _as_old_laff_ml(run_dir) -> None:
+    """Rewrite a run's stored configs as an earlier vidfuse wrote them: laff_ml meant the
+    multi-head block (no batch_norm key, a projecting frame_pool)."""
+    import torch
+
+    for name in ("checkpoint.pt", "last.pt"):
+        ckpt = torch.load(run_dir / name, weights_only=False)
+        section = ckpt["config"]["head"]["laff_ml"]
+        section.pop("batch_norm")
+        section["frame_pool"] = {"dim": 0, "dropout": 0.2}
+        torch.save(ckpt, run_dir / name)
+
+
+def test_runs_of_the_earlier_laff_ml_are_refused_not_misread(stage_data, runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "old_laff_ml"
+    shutil.copytree(runs["laff_ml"], run)
+    _as_old_laff_ml(run)
+    index = tmp_path / "index"
+    assert cli("index", "--run", run, "--out", index, "--split", "test", "--device", "cpu") == 2
+    err = _error(capsys, "index")
+    assert "multi-head LAFF" in err and "multi-level" in err and "--fresh" in err, err
+    assert not index.exists()
+    good_index = built_index(stage_data, runs["laff_ml"])
+    assert cli("benchmark", "--run", run, "--index", good_index, "--out", tmp_path / "report") == 2
+    assert "multi-level" in _error(capsys, "benchmark")
+    assert cli("search", "--run", run, "--index", good_index, "a red circle") == 2
+    assert "multi-level" in _error(capsys, "search")
+    # resuming it is refused the same way; --fresh retrains it under today's recipe
+    train = ("train", "--features", stage_data.features, "--captions", stage_data.captions, "--config",
+             "tiny_laff_ml", "--out", run, "--set", "epochs=1", "--no-progress")
+    assert cli(*train) == 2
+    assert "multi-level" in _error(capsys, "train")
+    assert cli(*train, "--fresh") == 0

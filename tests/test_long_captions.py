@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 
 from extractors.text_bow import MAX_WORDS, BowEncoder, BowVocabulary
+from extractors.text_gru import GruVocabulary
 from stage_fixtures import cli, stage_data  # noqa: F401  (fixture)
 
 HUGE = ("a man plays guitar on stage while people dance " * 230_000)[: 10 * 2**20]  # 10 MB, ~2M words
@@ -20,8 +21,9 @@ HUGE = ("a man plays guitar on stage while people dance " * 230_000)[: 10 * 2**2
 def test_token_ids_and_bow_of_a_10_mb_caption_are_cut_at_max_words():
     vocab = BowVocabulary.build(["man plays guitar", "people dance on stage", "guitar man"], min_count=1)
     encoder = BowEncoder(vocab)
-    ids, offsets = encoder.token_ids(["man plays", HUGE, "guitar"])
-    assert np.diff(offsets).tolist() == [2, MAX_WORDS, 1]
+    gru = GruVocabulary.build(["man plays guitar", "people dance on stage", "guitar man"], min_count=1)
+    ids, offsets = gru.token_ids(["man plays", HUGE, "guitar"])
+    assert np.diff(offsets).tolist() == [2 + 2, MAX_WORDS + 2, 1 + 2]  # <start> ... <end>
     counts = encoder.encode_sparse(["man plays", HUGE])
     assert counts[1].sum() <= MAX_WORDS and counts[0].sum() == 2
     assert np.array_equal(encoder.encode([HUGE]), counts[1].toarray())

@@ -103,17 +103,20 @@ def test_laff_results_carry_the_fusion_weights_of_each_feature(client, stage_dat
     from index.run_index import Run
     from pipeline.training_set import load_video_bank
 
+    from pipeline.training_set import head_features
+
     results = client.get("/api/search", params={"q": QUERY, "k": 3, "run": "laff_ml"}).json()["results"]
     run = Run.load(str(runs["laff_ml"]))
-    bank, _ = load_video_bank(str(stage_data.features), ["clip", "x3d"], [r["video_id"] for r in results])
+    video_names, text_names = head_features(run.config.head)  # multi-level LAFF-ml: clip@frames, x3d
+    bank, _ = load_video_bank(str(stage_data.features), video_names, [r["video_id"] for r in results])
     expected = run.head.attention(encode_bank(run.head, bank, "video"), "video")
     for i, r in enumerate(results):
         att = r["attention"]
-        assert set(att["video"]) == {"clip", "x3d"} and set(att["text"]) == {"clip", "bow", "gru"}
+        assert set(att["video"]) == set(video_names) and set(att["text"]) == set(text_names)
         for side in ("video", "text"):  # per head, the softmax over the features
             weights = np.array(list(att[side].values()))
-            assert weights.shape[1] == 4 and np.allclose(weights.sum(0), 1, atol=1e-5)
-        for feature in ("clip", "x3d"):
+            assert weights.shape[1] == run.head.heads and np.allclose(weights.sum(0), 1, atol=1e-5)
+        for feature in video_names:
             assert np.allclose(att["video"][feature], expected[feature][i].numpy(), atol=1e-5)
         assert r["two_stage"] is None
     assert results[0]["attention"]["text"] == results[1]["attention"]["text"]  # one query, one text side

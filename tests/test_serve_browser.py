@@ -113,7 +113,7 @@ def test_page_searches_shows_thumbnails_and_attention_and_plays_a_result(server,
                 assert "ms (server" in page.locator(f".column[data-run={name}] .latency").inner_text()
             laff_card = page.locator(".column[data-run=tiny_laff_ml] .card").first
             labels = laff_card.locator(".bar .label").all_inner_texts()
-            assert labels == ["video clip", "video x3d", "text clip", "text bow", "text gru"]
+            assert labels == ["video clip@frames", "video x3d", "text clip", "text bow", "text gru"]  # multi-level LAFF-ml
             widths = laff_card.locator(".bar .fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
             assert all(w > 0 for w in widths)
             dllfa_card = page.locator(".column[data-run=tiny_dllfa] .card").first

@@ -20,6 +20,7 @@ from stage_fixtures import built_index, cli, stage_data, trained_run  # noqa: F4
 def test_an_empty_search_query_is_refused(stage_data, capsys):
     run = trained_run(stage_data, "tiny_laff_ml", "epochs=1")
     index = built_index(stage_data, run)
+    capsys.readouterr()  # what building the run and index logged
     for query in ("", "   "):
         assert cli("search", "--run", run, "--index", index, query) == 2
         err = capsys.readouterr().err

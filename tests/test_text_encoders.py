@@ -14,6 +14,7 @@ from extractors.text_bow import (
     build_bow_encoder,
     tokenize,
 )
+from extractors.text_gru import END, PAD, START, UNK, GruVocabulary
 from extractors.text_w2v import W2VConfig, W2VEncoder, W2VFormatError, build_w2v_encoder, load_word2vec
 
 TRAIN = [
@@ -27,10 +28,22 @@ TRAIN = [
 
 
 def test_tokenize():
+    # lower-cased, split on every non-alphanumeric character (as the official text processing)
     assert tokenize("A Man's café, DON'T stop! 'quoted' 3D-video") == [
-        "a", "man's", "cafe", "don't", "stop", "quoted", "3d", "video"]
+        "a", "man", "s", "cafe", "don", "t", "stop", "quoted", "3d", "video"]
     assert tokenize("") == [] and tokenize("!!! ...") == []
-    assert tokenize("it’s") == ["it's"]
+    assert tokenize("it’s") == tokenize("it's") == ["it", "s"]
+    assert tokenize("snake_case\tand\nnaïve—dash 日本x") == ["snake", "case", "and", "naive", "dash", "x"]
+
+
+def test_official_stopword_list():
+    assert len(DEFAULT_STOPWORDS) == 153
+    # the contractions' pieces are stopwords ("don't" -> "don", "t"); the joined forms are not words any more
+    assert {"don", "t", "s", "ll", "re", "ve", "wouldn", "mightn"} <= DEFAULT_STOPWORDS
+    assert not any("'" in w for w in DEFAULT_STOPWORDS)
+    assert not {"man", "video", "person", "two"} & DEFAULT_STOPWORDS
+    vocab = BowVocabulary.build(["I don't know, it's a man's dog"] * 2, min_count=2)
+    assert vocab.words == ["dog", "know", "man"]
 
 
 def test_vocabulary_min_count_stopwords_and_order():
@@ -73,14 +86,6 @@ def test_bow_encode_counts():
     x = enc.encode(["man man dog", "A WOMAN on a stage with a man", "nothing known here", ""])
     assert x.dtype == np.float32 and x.shape == (4, 5)
     np.testing.assert_array_equal(x, [[2, 1, 0, 0, 0], [1, 0, 0, 1, 1], [0] * 5, [0] * 5])
-
-
-def test_token_ids_for_gru():
-    vocab = BowVocabulary.build(TRAIN, min_count=2)
-    ids, offsets = BowEncoder(vocab).token_ids(["man walks dog", "", "woman"])
-    assert ids.dtype == np.int64 and offsets.dtype == np.int64
-    np.testing.assert_array_equal(offsets, [0, 3, 3, 4])
-    np.testing.assert_array_equal(ids, [1, 0, 2, 5])  # 'walks' unknown -> 0
 
 
 def test_build_bow_encoder_from_config():
@@ -187,20 +192,45 @@ def test_w2v_mean_ignores_oov_and_stopwords():
     np.testing.assert_allclose(keep_stop[0], (mat[3] + mat[0]) / 2, rtol=1e-6)
 
 
-def test_embedding_matrix_for_vocab():
+def test_embedding_matrix_for_gru_vocabulary():
     mat = _matrix()
-    vocab = BowVocabulary(["dog", "zebra", "man"], [9, 8, 7])
-    emb = W2VEncoder(WORDS, mat).embedding_matrix_for(vocab, seed=3)
-    assert emb.shape == (4, 4) and emb.dtype == np.float32
-    np.testing.assert_array_equal(emb[0], 0)
-    np.testing.assert_array_equal(emb[1], mat[1])
-    np.testing.assert_array_equal(emb[3], mat[0])
-    assert np.all(np.abs(emb[2]) <= 0.1) and np.any(emb[2] != 0)  # no vector: small random init
-    again = W2VEncoder(WORDS, mat).embedding_matrix_for(vocab, seed=3)
+    vocab = GruVocabulary(BowVocabulary(["dog", "zebra", "man"], [9, 8, 7]))
+    emb = W2VEncoder(WORDS, mat).embedding_matrix_for(vocab.tokens, seed=3)
+    assert emb.shape == (7, 4) and emb.dtype == np.float32  # 4 special tokens + 3 words
+    np.testing.assert_array_equal(emb[PAD], 0)  # never read
+    np.testing.assert_array_equal(emb[4], mat[1])  # dog
+    np.testing.assert_array_equal(emb[6], mat[0])  # man
+    for row in (START, END, UNK, 5):  # no vector (specials, zebra): uniform(-1, 1) as released
+        assert np.all(np.abs(emb[row]) <= 1.0) and np.any(emb[row] != 0)
+    again = W2VEncoder(WORDS, mat).embedding_matrix_for(vocab.tokens, seed=3)
     np.testing.assert_array_equal(emb, again)
-    # rows line up with BowEncoder.token_ids
-    ids, _ = BowEncoder(vocab).token_ids(["man dog"])
-    np.testing.assert_array_equal(emb[ids], mat[[0, 1]])
+    # rows line up with the GRU's token ids
+    ids, _ = vocab.token_ids(["man dog"])
+    np.testing.assert_array_equal(emb[ids[1:-1]], mat[[0, 1]])
+
+
+def test_gru_vocabulary_ids():
+    vocab = GruVocabulary.build(TRAIN, min_count=2)
+    # stopwords kept, ordered by count then alphabetically, after <pad> <start> <end> <unk>
+    # counts: a 8, man 5, dog 3, is 3, the 3, on 2, runs 2, stage 2, woman 2 (min count 2)
+    assert vocab.tokens[:4] == ["<pad>", "<start>", "<end>", "<unk>"] and (PAD, START, END, UNK) == (0, 1, 2, 3)
+    assert vocab.tokens[4:] == ["a", "man", "dog", "is", "the", "on", "runs", "stage", "woman"]
+    assert len(vocab) == 13
+    ids, offsets = vocab.token_ids(["The man is singing", "", "zebra"])
+    the, man, is_ = (vocab.tokens.index(w) for w in ("the", "man", "is"))
+    assert ids.tolist() == [START, the, man, is_, UNK, END, START, END, START, UNK, END]
+    assert offsets.tolist() == [0, 6, 8, 11] and ids.dtype == offsets.dtype == np.int64
+    assert PAD not in ids.tolist()  # padding is distinct from every word, <unk> included
+    # the bag of words of the same captions drops the stopwords the GRU keeps
+    assert "a" not in BowVocabulary.build(TRAIN, min_count=2) and vocab.id_of("a") == 4
+
+
+def test_gru_vocabulary_save_load(tmp_path):
+    vocab = GruVocabulary.build(TRAIN, min_count=2)
+    vocab.save(tmp_path / "gru_vocab.json")
+    back = GruVocabulary.load(tmp_path / "gru_vocab.json")
+    assert back.tokens == vocab.tokens
+    assert back.token_ids(TRAIN)[0].tolist() == vocab.token_ids(TRAIN)[0].tolist()
 
 
 def test_build_w2v_encoder_from_config(tmp_path):

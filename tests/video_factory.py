@@ -297,3 +297,21 @@ def write_random_bytes(path: PathLike, size: int = 4096, seed: int = 0) -> Path:
     path = Path(path)
     path.write_bytes(np.random.default_rng(seed).integers(0, 256, size=size, dtype=np.uint8).tobytes())
     return path
+
+
+def write_damaged_keyframes(path: PathLike, num_frames: int = 60, gop: int = 12, damaged: int = 1,
+                            seed: int = 0) -> Path:
+    """An h264 mp4 (keyframe every ``gop`` frames) whose first ``damaged`` keyframe packets are
+    random bytes: the container and its index are intact, but the frames of those GOPs (the
+    keyframes and everything predicted from them) do not decode; the later GOPs do."""
+    path = Path(path)
+    src = write_video(path.with_name(path.stem + "_src.mp4"), num_frames, gop=gop, faststart=True)
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as container:
+        keys = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size and p.is_keyframe]
+    rng = np.random.default_rng(seed)
+    for pos, size in keys[:damaged]:
+        data[pos : pos + size] = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    src.unlink()
+    return path

@@ -36,7 +36,7 @@ CONFIG_ROOT = _bundled_configs()
 CONFIG_KINDS = (
     ("an extraction config (vidfuse extract / extract-text; configs/extract/)", "pipeline.config:ExtractConfig"),
     ("a fusion training config (vidfuse train; configs/train/)", "fusion.trainer:TrainConfig"),
-    ("a CLIP fine-tuning config (vidfuse finetune-clip; configs/train/*clip_ft*)", "fusion.clip_ft:ClipFtConfig"),
+    ("an extractor fine-tuning config (vidfuse finetune; configs/train/*_ft*)", "fusion.finetune:FinetuneConfig"),
     ("a dataset config (configs/datasets/)", "pipeline.datasets:DatasetConfig"),
 )
 

@@ -771,3 +771,18 @@ def scene_of(dataset: SynthDataset, video_id: str) -> Scene:
         if v["video_id"] == video_id:
             return _scene_from_dict(v["scene"])
     raise VidfuseError(f"video {video_id!r} not in {dataset.synth_json}")
+
+
+def order_dependent_captions(dataset: SynthDataset, split: str) -> list[str]:
+    """Caption ids (``video3#0``) of ``split`` whose meaning depends on event order or direction.
+
+    Every caption names a motion or an appear/vanish event, and a video's contrast twin is the
+    same frames played backwards, for which the caption is wrong (opposite direction, swapped
+    speed change, appear <-> vanish, reversed order). So a caption is order-dependent in a
+    gallery that holds its video's twin: only a model that sees temporal order ranks its own
+    video above the twin. These are the captions of the split's videos whose twin is in it too.
+    """
+    members = set(dataset.splits[split])
+    meta = json.loads(dataset.synth_json.read_text(encoding="utf-8"))
+    return [f"{v['video_id']}#{k}" for v in meta["videos"]
+            if v["video_id"] in members and v["contrast_pair"] in members for k in range(len(v["captions"]))]

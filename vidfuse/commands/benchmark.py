@@ -8,6 +8,8 @@ from vidfuse.commands.common import positive_int
 
 
 def register(subparsers, name: str, help_text: str) -> None:
+    from index.metrics import TIES
+
     p = subparsers.add_parser(
         name,
         help=help_text,
@@ -25,6 +27,12 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--out", required=True, help="report folder: metrics.json, table.md, recall.png")
     p.add_argument("--k", type=positive_int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
     p.add_argument("--name", default=None, help="row name in the table (default: the run folder's name)")
+    p.add_argument("--device", default="auto", type=str.lower,
+                   help="where the FAISS index searches: auto (the GPU when FAISS has one, the default), cpu, gpu or cuda")
+    p.add_argument("--ties", default="optimistic", choices=TIES,
+                   help="rank of a tied target: optimistic (default: 1 + candidates scored strictly higher), "
+                        "pessimistic, average (exactly tied candidates earn no credit), or official (as the "
+                        "official LAFF evaluation: ties by sort order, MedR floored; to compare with papers)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from index.benchmark import run_benchmark
 
     result = run_benchmark(args.run, args.index, args.out, args.captions, args.split, args.splits,
-                           args.features, args.k, args.name)
+                           args.features, args.k, args.name, args.device, args.ties)
     with open(os.path.join(args.out, "table.md")) as handle:
         print(handle.read())
     lost = result["via_index"]["recall_lost"]

@@ -59,6 +59,18 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda (or gpu) or cuda:N, got {text!r}")
 
 
+def add_training_run_args(parser: argparse.ArgumentParser, default_config: str, out_help: str) -> None:
+    """The options every training command (train, finetune) shares: captions and splits, the run
+    folder, the config, the device, resume and progress."""
+    parser.add_argument("--captions", required=True, help="caption file (LAFF text, MSR-VTT JSON, CSV, JSONL)")
+    parser.add_argument("--splits", default=None, help="folder of train/val/test.txt (default: beside --captions)")
+    parser.add_argument("--out", required=True, help=out_help)
+    add_config_args(parser, "train", default_config)
+    add_device_arg(parser, default=None, what="override the config's device: ")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
+
+
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = "auto", what: str = "") -> None:
     parser.add_argument(
         "--device", default=default, type=device_name,

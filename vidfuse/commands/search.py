@@ -20,7 +20,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--index", required=True, help="index folder written by `vidfuse index` for that run")
     p.add_argument("--features", default=None, help="features folder (default: the run's)")
     p.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
-    add_device_arg(p, default="cpu", what="where queries are encoded (default cpu): ")
+    add_device_arg(p, default="cpu", what="where the query encoder and the index run (default cpu): ")
     p.set_defaults(func=run)
 
 

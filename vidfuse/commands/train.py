@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfuse.commands.common import add_config_args, add_device_arg, no_new_folder_if_refused
+from vidfuse.commands.common import add_training_run_args, no_new_folder_if_refused
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -18,13 +18,7 @@ def register(subparsers, name: str, help_text: str) -> None:
         ),
     )
     p.add_argument("--features", required=True, help="features folder written by extract and extract-text")
-    p.add_argument("--captions", required=True, help="caption file (LAFF text, MSR-VTT JSON, CSV, JSONL)")
-    p.add_argument("--splits", default=None, help="folder of train/val/test.txt (default: beside --captions)")
-    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, config.yaml, metrics.jsonl)")
-    add_config_args(p, "train", "laff")
-    add_device_arg(p, default=None, what="override the config's device: ")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming from RUN/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (redirected output never gets them)")
+    add_training_run_args(p, "laff", "run folder (checkpoint.pt, config.yaml, metrics.jsonl)")
     p.set_defaults(func=run)
 
 
