@@ -205,13 +205,16 @@ def worker_torch_threads(options: PipelineOptions) -> int | None:
     slower than 1. The cores are shared out instead. None (torch's default) for the other
     modes and runners, which size their own machines.
     """
-    direct = options.view_as(DirectOptions)
-    runner = (options.view_as(StandardOptions).runner or "").lower()
-    if runner not in ("directrunner", "direct") or direct.direct_running_mode != "multi_processing":
+    if not local_worker_processes(options):
         return None
     cores = os.cpu_count() or 1
-    workers = direct.direct_num_workers or cores  # 0: one per core, as the runner reads it
+    workers = options.view_as(DirectOptions).direct_num_workers or cores  # 0: one per core, as the runner reads it
     return max(1, cores // workers)
+
+
+def local_worker_processes(options: PipelineOptions) -> bool:
+    """Whether the job's workers are processes this launcher starts (DirectRunner, ``multi_processing``)."""
+    return runs_locally(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:
@@ -542,6 +545,7 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
+    from pipeline.beam_run import run_to_end
     from pipeline.manifest import write_manifest
     from pipeline.progress import job_progress
     from pipeline.shards import list_shards, shard_stem
@@ -564,8 +568,7 @@ def run_extraction(
         peak_rss = _peak_rss()
         run_started = time.perf_counter()
         with job_progress(progress):
-            result = job.pipeline.run()
-            result.wait_until_finish()
+            result = run_to_end(job.pipeline, watch_workers=local_worker_processes(job.pipeline.options))
         run_seconds = time.perf_counter() - run_started
         counters = _counters(result)
         notes = _read_notes(job.notes_prefix)
