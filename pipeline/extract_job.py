@@ -580,6 +580,8 @@ def run_extraction(
         if not counters.get("videos_found"):  # listed by the workers; the launcher saw one video
             _remove_tree(job.dead_dir)
             raise NoVideosError(f"no videos found under {video_dir} (the job's workers listed none)")
+        log.info("%d videos found, %d already extracted, %d to do (as the workers listed them)",
+                 counters.get("videos_found", 0), counters.get("videos_skipped", 0), counters.get("videos_pending", 0))
         for n in names:
             job.manifests[n].shards = sorted(
                 {shard_stem(p) for f in formats for p in list_shards(job.out_dirs[n], f)}
