@@ -128,15 +128,17 @@ def _raw_blocks(path: Path, error: type[VidfuseError]) -> Iterator[bytes]:
     no line, CRLF pair or UTF-8 character is ever cut between two blocks."""
     try:
         with open(path, "rb") as f:
-            rest = b""
+            pending: list[bytes] = []  # a line longer than a block is joined once, not block by block
             while chunk := f.read(BLOCK_BYTES):
-                data = rest + chunk
-                cut = data.rfind(b"\n") + 1
+                cut = chunk.rfind(b"\n") + 1
                 if cut:
-                    yield data[:cut]
-                rest = data[cut:]
-            if rest:
-                yield rest
+                    yield b"".join([*pending, chunk[:cut]])
+                    pending = []
+                    chunk = chunk[cut:]
+                if chunk:
+                    pending.append(chunk)
+            if pending:
+                yield b"".join(pending)
     except OSError as exc:
         raise _read_error(path, exc, error) from None
 
