@@ -28,8 +28,8 @@ CAPTIONS = 200_000
 PEAK_BOUND_GIB = 4.0  # the target of the issue for 200k captions (and for 1M)
 FEW = 20_000  # one shard of the tiny config (text.shard_size)
 # extract-text's peak may grow by this much from FEW to CAPTIONS captions: the ids seen so far
-# (about 15 bytes each: 3 MB) and allocator noise. Reading the caption list whole took about
-# 1 KB a caption (180 MB for these 180k captions more).
+# (about 12 bytes each: 3 MB) and allocator noise; 17 MiB measured. Reading the caption list
+# whole grew it by 86 MiB (benchmarks/README.md, scale.py --text).
 GROWTH_BOUND_MIB = 48
 
 PEAK = """
