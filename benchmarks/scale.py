@@ -272,16 +272,16 @@ def child_main(args: argparse.Namespace) -> int:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     summary = run_stage(args.stage, args.n, Path(args.workdir), args.seed, args.epochs)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if profiler is not None:
         import pstats
 
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     sampler.stop()
-    result = {"stage": args.stage, "n": args.n, "seconds": seconds, "summary": summary,
+    result = {"stage": args.stage, "n": args.n, "seconds": seconds, "cpu_seconds": cpu_seconds, "summary": summary,
               "peak_rss": _status_kib("VmHWM") * 1024, "tree_peak_rss": sampler.peak_kib * 1024,
               "max_procs": sampler.max_procs}
     Path(args.result).write_text(json.dumps(result))
@@ -373,16 +373,18 @@ def text_driver_main(args: argparse.Namespace) -> int:
                 run_child("corpus", n, workdir, args.seed, args.epochs, log)
                 r = run_child("captions", n, workdir, args.seed, args.epochs, log)
                 rows.append(r)
-                print(f"  N={n:<8} {r['seconds']:8.1f} s  peak RSS {r['peak_rss'] / MiB:6.0f} MiB  load {r['load']}"
+                print(f"  N={n:<8} {r['seconds']:8.1f} s ({r['cpu_seconds']:.1f} s CPU)  "
+                      f"peak RSS {r['peak_rss'] / MiB:6.0f} MiB  load {r['load']}"
                       f"  | {r['summary']}", flush=True)
                 shutil.rmtree(workdir, ignore_errors=True)
     finally:
         if len(rows) >= 2:
             base = rows[0]
-            print(f"\n| captions | time (s) | peak RSS (MiB) | time ratio | N ratio | RSS ratio | load |")
-            print("|---:|---:|---:|---:|---:|---:|---|")
+            print(f"\n| captions | time (s) | CPU (s) | peak RSS (MiB) | time ratio | N ratio | RSS ratio | load |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---|")
             for r in rows:
-                print(f"| {r['n']} | {r['seconds']:.1f} | {r['peak_rss'] / MiB:.0f} | {r['seconds'] / base['seconds']:.1f} "
+                print(f"| {r['n']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss'] / MiB:.0f} "
+                      f"| {r['seconds'] / base['seconds']:.1f} "
                       f"| {r['n'] / base['n']:.0f} | {r['peak_rss'] / base['peak_rss']:.2f} | {r['load']} |")
         if not args.keep and not args.workdir:
             shutil.rmtree(root, ignore_errors=True)

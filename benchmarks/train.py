@@ -259,7 +259,10 @@ def main() -> None:
         trainer.save_atomic = checkpoint.save_atomic
 
     if args.only in (None, "quality"):
-        print(f"\n== quality: tiny configs on the synthetic set ({args.videos} videos, tiny random-init extractors)")
+        from vidfuse.demo import DEMO_FRAME_SIZE
+
+        print(f"\n== quality: tiny configs on the synthetic set ({args.videos} videos of "
+              f"{DEMO_FRAME_SIZE[0]}x{DEMO_FRAME_SIZE[1]}, tiny extractors fine-tuned from random weights)")
         if args.workdir:
             quality(Path(args.workdir), args.videos, args.seeds, args.only_seed)
         else:

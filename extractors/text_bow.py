@@ -25,7 +25,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -68,6 +68,14 @@ def overlong(texts: Sequence[str]) -> list[tuple[int, int]]:
     # a text of at most MAX_WORDS characters cannot hold more words: most are never tokenized here
     counts = ((i, len(tokenize(t))) for i, t in enumerate(texts) if len(t) > MAX_WORDS)
     return [(i, n) for i, n in counts if n > MAX_WORDS]
+
+
+def word_counts(texts: Iterable[str]) -> Counter[str]:
+    """How often each word the GRU and the bag of words read (:func:`capped_tokens`) occurs in ``texts``."""
+    counter: Counter[str] = Counter()
+    for text in texts:
+        counter.update(capped_tokens(text))
+    return counter
 
 
 class VocabularyError(VidfuseError):
@@ -113,10 +121,15 @@ class BowVocabulary:
     def build(cls, texts: Iterable[str], min_count: int = 5,
               stopwords: Iterable[str] = DEFAULT_STOPWORDS) -> "BowVocabulary":
         """Vocabulary of ``texts`` (training captions only, so test words stay unknown)."""
+        return cls.from_counts(word_counts(texts), min_count, stopwords)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_count: int = 5,
+                    stopwords: Iterable[str] = DEFAULT_STOPWORDS) -> "BowVocabulary":
+        """Vocabulary of the :func:`word_counts` of the training captions (the bow's and the GRU's
+        come from one count: a caption file is then tokenized once for both)."""
         stop = frozenset(stopwords)
-        counter: Counter[str] = Counter()
-        for text in texts:
-            counter.update(t for t in capped_tokens(text) if t not in stop)  # the words bow reads
+        counter = {w: c for w, c in counts.items() if w not in stop}
         kept = sorted(((w, c) for w, c in counter.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
         if not kept:
             raise VocabularyError(
@@ -127,7 +140,11 @@ class BowVocabulary:
 
     @classmethod
     def from_config(cls, config: BowConfig, texts: Iterable[str]) -> "BowVocabulary":
-        return cls.build(texts, config.min_count, DEFAULT_STOPWORDS if config.remove_stopwords else ())
+        return cls.from_config_counts(config, word_counts(texts))
+
+    @classmethod
+    def from_config_counts(cls, config: BowConfig, counts: Mapping[str, int]) -> "BowVocabulary":
+        return cls.from_counts(counts, config.min_count, DEFAULT_STOPWORDS if config.remove_stopwords else ())
 
     def tokenize(self, text: str) -> list[str]:
         return tokenize(text)

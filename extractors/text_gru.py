@@ -13,7 +13,7 @@ Saved beside the bag-of-words vocabulary as ``gru_vocab.json`` (the same JSON la
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,11 @@ class GruVocabulary:
     def build(cls, texts: Iterable[str], min_count: int = 5) -> "GruVocabulary":
         """From the training captions only (test words stay ``<unk>``), stopwords kept."""
         return cls(BowVocabulary.build(texts, min_count, stopwords=()))
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_count: int = 5) -> "GruVocabulary":
+        """From :func:`~extractors.text_bow.word_counts` of the training captions, stopwords kept."""
+        return cls(BowVocabulary.from_counts(counts, min_count, stopwords=()))
 
     @property
     def tokens(self) -> list[str]:

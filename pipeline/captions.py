@@ -8,6 +8,9 @@ captions in file order.
 
 Bad input is a :class:`CaptionFormatError` naming the file, the line (or JSON path) and
 what was expected, never a bare ``UnicodeDecodeError``/``KeyError`` from deep inside.
+
+Files are read a block at a time (:func:`iter_captions`): a million captions must not be a
+million objects at once for ``extract-text``; :func:`read_captions` is the same read, kept.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from vidfuse.errors import VidfuseError
 
@@ -48,7 +51,7 @@ class CaptionFormatError(VidfuseError):
 def captionable(video_id: str) -> bool:
     """Whether caption files can name ``video_id``: '#' and whitespace separate video id,
     caption number and text in LAFF caption lines (``video7#3 a man sings``)."""
-    return "#" not in video_id and not any(ch.isspace() for ch in video_id)
+    return "#" not in video_id and not any(map(str.isspace, video_id))
 
 
 def video_id_of(caption_id: str) -> str:
@@ -58,6 +61,45 @@ def video_id_of(caption_id: str) -> str:
         if vid.endswith(suffix):
             return vid[: -len(suffix)]
     return vid
+
+
+def _read_error(path: Path, exc: OSError, error: type[VidfuseError]) -> VidfuseError:
+    if isinstance(exc, FileNotFoundError):
+        return error(f"{path}: file not found")
+    if isinstance(exc, IsADirectoryError):
+        return error(f"{path}: is a directory, expected a file")
+    return error(f"{path}: cannot read ({exc.strerror})")
+
+
+def _check_encoding(path: Path, blocks: Iterable[bytes], error: type[VidfuseError]) -> None:
+    """Refuse what :func:`read_text_file` refuses, over ``blocks`` that each end at a newline.
+
+    In this order, wherever they are in the file: a UTF-16/32 byte order mark, a NUL byte, bytes
+    that are not UTF-8 (the first of each).
+    """
+    newlines, bad = 0, None
+    for i, block in enumerate(blocks):
+        if i == 0:
+            for name, bom in (("UTF-32", codecs.BOM_UTF32_LE), ("UTF-32", codecs.BOM_UTF32_BE),
+                              ("UTF-16", codecs.BOM_UTF16_LE), ("UTF-16", codecs.BOM_UTF16_BE)):
+                if block.startswith(bom):
+                    raise error(f"{path} line 1: not valid UTF-8: starts with a {name} byte order mark "
+                                f"({bom.hex(' ')}); re-encode the file as UTF-8")
+        nul = block.find(b"\0")  # no UTF-8 text holds one (UTF-16/32 were refused above)
+        if nul >= 0:
+            line = newlines + block.count(b"\n", 0, nul) + 1
+            raise error(f"{path} line {line}: NUL byte: a binary file, not text")
+        if bad is None:
+            try:
+                block.decode("utf-8")  # a UTF-8 byte order mark decodes too: its bytes count in the column
+            except UnicodeDecodeError as exc:
+                line = newlines + block.count(b"\n", 0, exc.start) + 1
+                column = exc.start - (block.rfind(b"\n", 0, exc.start) + 1) + 1
+                bad = error(f"{path} line {line}: not valid UTF-8 (byte 0x{block[exc.start]:02x} at column {column}); "
+                            "re-encode the file as UTF-8")
+        newlines += block.count(b"\n")
+    if bad is not None:
+        raise bad
 
 
 def read_text_file(path: str | os.PathLike, error: type[VidfuseError] | None = None) -> str:
@@ -72,30 +114,49 @@ def read_text_file(path: str | os.PathLike, error: type[VidfuseError] | None = N
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror})") from None
-    for name, bom in (("UTF-32", codecs.BOM_UTF32_LE), ("UTF-32", codecs.BOM_UTF32_BE),
-                      ("UTF-16", codecs.BOM_UTF16_LE), ("UTF-16", codecs.BOM_UTF16_BE)):
-        if data.startswith(bom):
-            raise error(f"{path} line 1: not valid UTF-8: starts with a {name} byte order mark ({bom.hex(' ')}); "
-                        "re-encode the file as UTF-8")
-    nul = data.find(b"\0")  # no UTF-8 text holds one (UTF-16/32 were refused above)
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise error(f"{path} line {line}: NUL byte: a binary file, not text")
+        raise _read_error(path, exc, error) from None
+    _check_encoding(path, [data], error)
+    return data.decode("utf-8-sig")
+
+
+BLOCK_BYTES = 1 << 20  # what a streamed text file is read in: memory is one block, not the file
+
+
+def _raw_blocks(path: Path, error: type[VidfuseError]) -> Iterator[bytes]:
+    """The file's bytes in blocks of about :data:`BLOCK_BYTES` that end at a newline (or the end):
+    no line, CRLF pair or UTF-8 character is ever cut between two blocks."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise error(
-            f"{path} line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
-            "re-encode the file as UTF-8"
-        ) from None
+        with open(path, "rb") as f:
+            pending: list[bytes] = []  # a line longer than a block is joined once, not block by block
+            while chunk := f.read(BLOCK_BYTES):
+                cut = chunk.rfind(b"\n") + 1
+                if cut:
+                    yield b"".join([*pending, chunk[:cut]])
+                    pending = []
+                    chunk = chunk[cut:]
+                if chunk:
+                    pending.append(chunk)
+            if pending:
+                yield b"".join(pending)
+    except OSError as exc:
+        raise _read_error(path, exc, error) from None
+
+
+def text_blocks(path: str | os.PathLike, error: type[VidfuseError] | None = None) -> Iterator[str]:
+    """The text of :func:`read_text_file`, in blocks that end at line ends: the same checks (made
+    over the whole file before the first block), the same text once joined, one block in memory."""
+    error = error or CaptionFormatError
+    path = Path(path)
+    _check_encoding(path, _raw_blocks(path, error), error)
+    for i, block in enumerate(_raw_blocks(path, error)):
+        yield block.decode("utf-8-sig" if i == 0 else "utf-8")
+
+
+def text_lines(path: str | os.PathLike, error: type[VidfuseError] | None = None) -> Iterator[str]:
+    """``read_text_file(path).splitlines()``, streamed (blocks end at newlines, so they split alike)."""
+    for block in text_blocks(path, error):
+        yield from block.splitlines()
 
 
 def _clean(text: str) -> str:
@@ -103,20 +164,37 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+class DuplicateCaptionId(CaptionFormatError):
+    """Two captions of a file have one id; ``first`` is where the first was (None: not known yet)."""
+
+    def __init__(self, at: str, caption_id: str, first: str | None):
+        self.at, self.caption_id, self.first = at, caption_id, first
+        super().__init__(f"{at}: duplicate caption id {caption_id!r} (first at {first})")
+
+
 class CaptionCollector:
     """Accumulates captions (from one or several files), assigning ``<vid>#<k>`` ids, refusing duplicates.
 
     ``where`` (e.g. ``"line 12"``, ``"sentences[3]"``) and the file go into every error message.
+    ``keep=False`` streams: :meth:`add` returns each caption and nothing is kept but the ids seen
+    (:class:`~pipeline.seen_ids.SeenIds`, about their length each) and a count per video; a
+    duplicate is then a :class:`DuplicateCaptionId` whose ``first`` the reader finds
+    (:func:`iter_captions` reads the file again up to it).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, keep: bool = True):
+        from pipeline.seen_ids import SeenIds
+
         self.path = Path(path) if path is not None else None
+        self.keep = keep
         self.captions: list[Caption] = []
-        self._first: dict[str, str] = {}
+        self.count = 0
+        self.last_at = ""  # where the caption add() returned last was (the locating read needs it)
+        self._first: dict[str, str] | SeenIds = {} if keep else SeenIds()  # id -> where; streamed: just the ids
         self._per_video: dict[str, int] = defaultdict(int)
 
     def add(self, video_id: str, text: str, where: str, caption_id: str | None = None,
-            path: str | os.PathLike | None = None) -> None:
+            path: str | os.PathLike | None = None) -> Caption:
         if path is not None:
             self.path = Path(path)
         at = f"{self.path} {where}"
@@ -135,24 +213,31 @@ class CaptionCollector:
             while f"{video_id}#{self._per_video[video_id]}" in self._first:
                 self._per_video[video_id] += 1
             caption_id = f"{video_id}#{self._per_video[video_id]}"
-        elif video_id_of(caption_id) != video_id or any(ch.isspace() for ch in caption_id):
+        elif video_id_of(caption_id) != video_id or any(map(str.isspace, caption_id)):
             raise CaptionFormatError(f"{at}: caption id {caption_id!r} is not of the form '{video_id}#<k>'")
         self._per_video[video_id] += 1
-        if caption_id in self._first:
-            raise CaptionFormatError(f"{at}: duplicate caption id {caption_id!r} (first at {self._first[caption_id]})")
-        self._first[caption_id] = f"{at}, numbered automatically" if numbered else at
-        self.captions.append(Caption(caption_id, video_id, text))
+        self.last_at = f"{at}, numbered automatically" if numbered else at
+        if isinstance(self._first, dict):
+            if caption_id in self._first:
+                raise DuplicateCaptionId(at, caption_id, self._first[caption_id])
+            self._first[caption_id] = self.last_at
+        elif not self._first.add(caption_id):
+            raise DuplicateCaptionId(at, caption_id, None)
+        caption = Caption(caption_id, video_id, text)
+        self.count += 1
+        if self.keep:
+            self.captions.append(caption)
+        return caption
 
     def result(self, expected: str) -> list[Caption]:
-        if not self.captions:
+        if not self.count:
             raise CaptionFormatError(f"{self.path}: no captions found (empty file?); expected {expected}")
         return self.captions
 
 
-def _read_laff(path: Path, text: str) -> list[Caption]:
-    out = CaptionCollector(path)
+def _read_laff(path: Path, out: CaptionCollector) -> Iterator[Caption]:
     expected = "'<video_id>#<k> <caption text>' per line, e.g. 'video7768#14 a man is singing'"
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         parts = line.strip().split(None, 1)
@@ -161,8 +246,8 @@ def _read_laff(path: Path, text: str) -> list[Caption]:
             raise CaptionFormatError(f"{path} line {lineno}: caption id {cap_id!r} is not '<video_id>#<k>'; expected {expected}")
         if len(parts) < 2:
             raise CaptionFormatError(f"{path} line {lineno}: caption {cap_id!r} has no text; expected {expected}")
-        out.add(video_id_of(cap_id), parts[1], f"line {lineno}", caption_id=cap_id)
-    return out.result(expected)
+        yield out.add(video_id_of(cap_id), parts[1], f"line {lineno}", caption_id=cap_id)
+    out.result(expected)
 
 
 def _json_error(path: Path, exc: json.JSONDecodeError, lineno: int | None = None) -> CaptionFormatError:
@@ -185,19 +270,29 @@ def load_json(path: str | os.PathLike, expected: str = "JSON"):
     return _parse_json(path, read_text_file(path), expected)
 
 
-def _read_msrvtt(path: Path, text: str) -> list[Caption]:
-    expected = 'a JSON object {"sentences": [{"video_id": ..., "caption": ...}, ...]} (MSRVTT_data.json)'
-    return msrvtt_captions(path, _parse_json(path, text, expected), expected)
+_MSRVTT_EXPECTED = 'a JSON object {"sentences": [{"video_id": ..., "caption": ...}, ...]} (MSRVTT_data.json)'
+
+
+def _read_msrvtt(path: Path, out: CaptionCollector) -> Iterator[Caption]:
+    """One JSON document: parsed whole (the only format that is not read a block at a time)."""
+    yield from _msrvtt_items(path, load_json(path, _MSRVTT_EXPECTED), out)
+    out.result(_MSRVTT_EXPECTED)
 
 
 def msrvtt_captions(path: Path, data, expected: str = "MSRVTT_data.json") -> list[Caption]:
     """Captions of an already parsed MSR-VTT annotation object (``sentences[].video_id/caption``)."""
+    out = CaptionCollector(path)
+    for _ in _msrvtt_items(path, data, out, expected):
+        pass
+    return out.result(expected)
+
+
+def _msrvtt_items(path: Path, data, out: CaptionCollector, expected: str = _MSRVTT_EXPECTED) -> Iterator[Caption]:
     if not isinstance(data, dict) or "sentences" not in data:
         raise CaptionFormatError(f"{path}: top level has no 'sentences' key; expected {expected}")
     sentences = data["sentences"]
     if not isinstance(sentences, list):
         raise CaptionFormatError(f"{path}: 'sentences' is {type(sentences).__name__}, expected a list")
-    out = CaptionCollector(path)
     for i, item in enumerate(sentences):
         where = f"sentences[{i}]"
         if not isinstance(item, dict):
@@ -207,15 +302,28 @@ def msrvtt_captions(path: Path, data, expected: str = "MSRVTT_data.json") -> lis
                 raise CaptionFormatError(f"{path} {where}: missing key {key!r} (expected 'video_id' and 'caption')")
             if not isinstance(item[key], str):
                 raise CaptionFormatError(f"{path} {where}.{key}: expected a string, got {type(item[key]).__name__}")
-        out.add(item["video_id"].strip(), item["caption"], where)
-    return out.result(expected)
+        yield out.add(item["video_id"].strip(), item["caption"], where)
 
 
-def _read_csv(path: Path, text: str) -> list[Caption]:
-    expected = "a header row with columns 'video_id' and 'caption' (optionally 'caption_id')"
-    if not text.strip():
+def _csv_lines(path: Path, expected: str) -> Iterator[str]:
+    """The lines ``csv`` reads (ends kept, as ``io.StringIO(text, newline="")`` splits them); an
+    empty or blank file is refused first."""
+    lines = (line for block in text_blocks(path) for line in io.StringIO(block, newline=""))
+    blank = []
+    for line in lines:
+        if line.strip():
+            break
+        blank.append(line)
+    else:
         raise CaptionFormatError(f"{path}: empty file; expected {expected}")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    yield from blank
+    yield line
+    yield from lines
+
+
+def _read_csv(path: Path, out: CaptionCollector) -> Iterator[Caption]:
+    expected = "a header row with columns 'video_id' and 'caption' (optionally 'caption_id')"
+    reader = csv.DictReader(_csv_lines(path, expected))
     header = reader.fieldnames or []
     fields = [h.strip() for h in header]
     reader.fieldnames = fields
@@ -224,7 +332,6 @@ def _read_csv(path: Path, text: str) -> list[Caption]:
     if missing:
         raise CaptionFormatError(f"{path} line 1: missing column(s) {missing} in header {fields}; expected {expected}")
     id_col = "caption_id" if "caption_id" in fields else None
-    out = CaptionCollector(path)
     try:
         for row in reader:
             where = f"line {reader.line_num}"
@@ -237,16 +344,15 @@ def _read_csv(path: Path, text: str) -> list[Caption]:
             cap_id = None
             if id_col:
                 cap_id = (row[id_col] or "").strip() or None
-            out.add((row["video_id"] or "").strip(), row[text_col], where, caption_id=cap_id)
+            yield out.add((row["video_id"] or "").strip(), row[text_col], where, caption_id=cap_id)
     except csv.Error as exc:
         raise CaptionFormatError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
-    return out.result(expected)
+    out.result(expected)
 
 
-def _read_jsonl(path: Path, text: str) -> list[Caption]:
+def _read_jsonl(path: Path, out: CaptionCollector) -> Iterator[Caption]:
     expected = 'one JSON object per line: {"video_id": ..., "caption": ...} (optionally "caption_id")'
-    out = CaptionCollector(path)
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         try:
@@ -265,8 +371,8 @@ def _read_jsonl(path: Path, text: str) -> list[Caption]:
         cap_id = item.get("caption_id")
         if cap_id is not None and not isinstance(cap_id, str):
             raise CaptionFormatError(f"{path} {where}: 'caption_id' must be a string")
-        out.add(item["video_id"].strip(), item[text_key], where, caption_id=cap_id)
-    return out.result(expected)
+        yield out.add(item["video_id"].strip(), item[text_key], where, caption_id=cap_id)
+    out.result(expected)
 
 
 _READERS = {"laff": _read_laff, "msrvtt": _read_msrvtt, "csv": _read_csv, "jsonl": _read_jsonl}
@@ -275,14 +381,13 @@ _READERS = {"laff": _read_laff, "msrvtt": _read_msrvtt, "csv": _read_csv, "jsonl
 def detect_format(path: str | os.PathLike, text: str | None = None) -> str:
     """Format of a caption file: from its extension, checked against (or else guessed from) its content."""
     path = Path(path)
-    if text is None:
-        text = read_text_file(path)
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    lines = (ln.strip() for ln in (text.splitlines() if text is not None else text_lines(path)))
+    nonblank = (ln for ln in lines if ln)
+    first = next(nonblank, "")
     by_ext = _EXTENSIONS.get(path.suffix.lower())
     if first.startswith("{") or first.startswith("["):
         # one complete object on the first line and more lines after it -> JSON lines
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if len(lines) > 1:
+        if next(nonblank, None) is not None:
             try:
                 if isinstance(json.loads(first), dict):
                     return "jsonl"
@@ -299,15 +404,32 @@ def detect_format(path: str | os.PathLike, text: str | None = None) -> str:
     return "laff"
 
 
-def read_captions(path: str | os.PathLike, fmt: str | None = None) -> list[Caption]:
-    """All captions of a file, in file order. ``fmt``: one of :data:`FORMATS`, or None to detect."""
+def iter_captions(path: str | os.PathLike, fmt: str | None = None) -> Iterator[Caption]:
+    """The captions of :func:`read_captions`, one at a time, with the same checks and errors.
+
+    Memory is one block of the file and the ids seen so far (about their length each), not the
+    captions: ``extract-text`` reads a million in the memory of ten thousand. An MSR-VTT JSON
+    file is one document, parsed whole. A file with an error raises it when the reading gets
+    there: read it through once before acting on any caption.
+    """
     path = Path(path)
     if fmt is not None and fmt not in _READERS:
         raise CaptionFormatError(f"unknown caption format {fmt!r}; known: {list(FORMATS)}")
-    text = read_text_file(path)
-    fmt = fmt or detect_format(path, text)
-    captions = _READERS[fmt](path, text)
-    logger.debug("read %d captions (%s) from %s", len(captions), fmt, path)
+    fmt = fmt or detect_format(path)
+    try:
+        yield from _READERS[fmt](path, CaptionCollector(path, keep=False))
+    except DuplicateCaptionId as exc:
+        if exc.first is not None:
+            raise
+        locate = CaptionCollector(path, keep=False)  # the same ids again, up to the first of the two
+        first = next(locate.last_at for c in _READERS[fmt](path, locate) if c.caption_id == exc.caption_id)
+        raise DuplicateCaptionId(exc.at, exc.caption_id, first) from None
+
+
+def read_captions(path: str | os.PathLike, fmt: str | None = None) -> list[Caption]:
+    """All captions of a file, in file order. ``fmt``: one of :data:`FORMATS`, or None to detect."""
+    captions = list(iter_captions(path, fmt))
+    logger.debug("read %d captions from %s", len(captions), path)
     return captions
 
 

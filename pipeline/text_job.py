@@ -12,12 +12,14 @@ import hashlib
 import logging
 import posixpath
 from dataclasses import asdict
-from typing import Callable, Sequence
+from collections import Counter
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.captions import Caption, read_captions
+from pipeline.captions import Caption, iter_captions
 from pipeline.config import TEXT_ENCODERS, ExtractConfig
 from pipeline.job_lock import exclusive_folder
 from pipeline.manifest import MANIFEST_NAME, Manifest, check_compatible, library_versions, read_manifest, write_manifest
@@ -59,27 +61,65 @@ def text_feature_dir(features_dir: str, encoder: str) -> str:
     return posixpath.join(features_dir, "text", encoder)
 
 
-def _train_texts(captions: Sequence[Caption], captions_path: str, splits_dir: str | None) -> list[str]:
-    train = set(read_split(find_split_files(captions_path, splits_dir)["train"]))
-    texts = [c.text for c in captions if c.video_id in train]
-    if not texts:
+def batches(captions: Iterable[Caption], size: int) -> Iterator[list[Caption]]:
+    """``captions`` in lists of ``size`` (the last shorter): what is held at a time."""
+    it = iter(captions)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _read_through(captions_path: str, splits_dir: str | None, bow: bool) -> tuple[int, Counter[str] | None]:
+    """The file read through once, every error in it raised: (how many captions, with ``bow``
+    the :func:`~extractors.text_bow.word_counts` of the train split's captions, which both bow
+    and GRU vocabularies come from); with ``bow``, :func:`warn_overlong` on the way."""
+    from extractors.text_bow import capped_tokens
+
+    train: set[str] | None = None
+    split_error = None
+    if bow:
+        try:
+            train = set(read_split(find_split_files(captions_path, splits_dir)["train"]))
+        except VidfuseError as exc:  # raised after the captions: an error in them comes first, as it always did
+            split_error = exc
+    count, in_train, counts = 0, 0, Counter()
+
+    def captions() -> Iterator[Caption]:
+        nonlocal count, in_train
+        for caption in iter_captions(captions_path):
+            count += 1
+            if train is not None and caption.video_id in train:  # word_counts, a caption at a time
+                in_train += 1
+                counts.update(capped_tokens(caption.text))
+            yield caption
+
+    if bow:
+        warn_overlong(captions())
+    else:
+        for _ in captions():
+            pass
+    if split_error is not None:
+        raise split_error
+    if train is not None and not in_train:
         raise VidfuseError(f"no caption of {captions_path} belongs to a video of the train split")
-    return texts
+    return count, counts if bow else None
 
 
-def warn_overlong(captions: Sequence[Caption]) -> None:
+def warn_overlong(captions: Iterable[Caption]) -> None:
     """One warning naming the first caption the GRU and bow cut at MAX_WORDS words (and how many more)."""
     from extractors.text_bow import MAX_WORDS, overlong
 
-    cut = overlong([c.text for c in captions])
-    if cut:
-        first, words = cut[0]
-        more = f"; {len(cut) - 1} more caption(s) are cut too" if len(cut) > 1 else ""
-        log.warning("caption %s has %d words: the GRU and bow read its first %d%s", captions[first].caption_id,
-                    words, MAX_WORDS, more)
+    first, cut = None, 0
+    for batch in batches(captions, 4096):
+        found = overlong([c.text for c in batch])
+        if found and first is None:
+            first = (batch[found[0][0]].caption_id, found[0][1])
+        cut += len(found)
+    if first is not None:
+        more = f"; {cut - 1} more caption(s) are cut too" if cut > 1 else ""
+        log.warning("caption %s has %d words: the GRU and bow read its first %d%s", first[0], first[1], MAX_WORDS, more)
 
 
-def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_dir, out_dir, device):
+def _encoder(name: str, config: ExtractConfig, train_counts: Mapping[str, int] | None, out_dir, device):
     """(encode function, manifest fields, writer of its side files) of one text encoder.
 
     Side files (the bow vocabulary) are written by the caller only once the folder's existing
@@ -100,15 +140,13 @@ def _encoder(name: str, config: ExtractConfig, captions, captions_path, splits_d
     if name == "bow":
         from extractors.text_bow import BowEncoder, BowVocabulary
 
-        train_texts = _train_texts(captions, captions_path, splits_dir)
-        vocab = BowVocabulary.from_config(config.text.bow, train_texts)
-        warn_overlong(captions)
+        vocab = BowVocabulary.from_config_counts(config.text.bow, train_counts)
         settings = asdict(config.text.bow)
         settings["vocabulary_sha"] = hashlib.sha256("\n".join(vocab.words).encode()).hexdigest()[:16]
         fields = dict(model="bow", weights="none", dim=len(vocab), config=settings, config_hash=config_hash(settings),
                       extra={"vocabulary": VOCAB_FILE, "gru_vocabulary": GRU_VOCAB_FILE, "storage": SPARSE})
-        return BowEncoder(vocab).encode_sparse, fields, lambda: _save_vocabularies(vocab, config.text.bow.min_count,
-                                                                                   train_texts, out_dir)
+        return BowEncoder(vocab).encode_sparse, fields, lambda: _save_vocabularies(
+            vocab, config.text.bow.min_count, train_counts, out_dir)
     if name == "w2v":
         from extractors.text_w2v import W2VEncoder
 
@@ -130,12 +168,12 @@ def _refuse_dense_bow(folder: str, existing: Manifest) -> None:
         )
 
 
-def _save_vocabularies(vocab, min_count: int, train_texts: Sequence[str], out_dir: str) -> None:
+def _save_vocabularies(vocab, min_count: int, train_counts: Mapping[str, int], out_dir: str) -> None:
     """The bow vocabulary, and the GRU's own (same train captions and min count, stopwords kept)."""
     from extractors.text_gru import GruVocabulary
 
     vocab.save(posixpath.join(out_dir, VOCAB_FILE))
-    GruVocabulary.build(train_texts, min_count).save(posixpath.join(out_dir, GRU_VOCAB_FILE))
+    GruVocabulary.from_counts(train_counts, min_count).save(posixpath.join(out_dir, GRU_VOCAB_FILE))
 
 
 def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
@@ -168,21 +206,20 @@ def _encode_missing(
     name: str,
     encode: Callable[[Sequence[str]], np.ndarray],
     manifest: Manifest,
-    captions: Sequence[Caption],
+    captions_path: str,
+    count: int,
     out_dir: str,
     batch_size: int,
     shard_size: int,
     progress: bool,
 ) -> int:
-    """Encode the captions not yet in ``out_dir``; one shard per ``shard_size`` captions."""
+    """Encode the captions not yet in ``out_dir``, read from the file a shard (``shard_size``) at a time."""
     remove_incomplete_shards(out_dir, manifest.formats)  # what a killed run left
     present = existing_ids(out_dir, manifest.formats)
-    todo = [c for c in captions if c.caption_id not in present]
-    del present
+    todo = (c for c in iter_captions(captions_path) if c.caption_id not in present)
     written = 0
-    with tqdm(total=len(todo), desc=f"text/{name}", unit="caption", disable=not progress) as bar:
-        for start in range(0, len(todo), shard_size):  # memory: one shard of vectors at a time
-            chunk = todo[start : start + shard_size]
+    with tqdm(total=max(count - len(present), 0), desc=f"text/{name}", unit="caption", disable=not progress) as bar:
+        for chunk in batches(todo, shard_size):  # memory: one shard of captions and vectors at a time
             vectors = []
             for b in range(0, len(chunk), batch_size):
                 vectors.append(encode([c.text for c in chunk[b : b + batch_size]]))
@@ -195,7 +232,7 @@ def _encode_missing(
             else:
                 matrix = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
                 rows = [FeatureRow(video_id=i, feature=v) for i, v in zip(ids, matrix)]
-            del vectors
+            del vectors, chunk
             write_shard(out_dir, new_shard_name(), rows, manifest.formats, manifest.hash())
             written += len(ids)
     return written
@@ -216,14 +253,16 @@ def run_text_extraction(
     unknown = [n for n in names if n not in TEXT_ENCODERS]
     if unknown:
         raise ConfigError(f"unknown text encoder(s) {unknown}; choose from {list(TEXT_ENCODERS)}")
-    captions = read_captions(captions_path)
+    # the whole file is read through once before anything is written: a bad caption on its last
+    # line refuses the run as it always did; after that it is read again as each step needs it
+    count, train_counts = _read_through(captions_path, splits_dir, bow="bow" in names)
     # checked before anything is written: a manifest naming an unknown format would refuse every rerun
     formats = list(dict.fromkeys(normalize_format(f) for f in (formats or config.output.formats)))
     written = {}
     with exclusive_folder(posixpath.join(out_dir, "text"), "extract-text job"):
         for name in names:
             folder = text_feature_dir(out_dir, name)
-            encode, fields, write_side_files = _encoder(name, config, captions, captions_path, splits_dir, folder, device)
+            encode, fields, write_side_files = _encoder(name, config, train_counts, folder, device)
             manifest = Manifest(name=f"text/{name}", kind="text", level="sentence", sampling={},
                                 versions=library_versions(), formats=formats, **fields)
             existing = read_manifest(folder)
@@ -234,12 +273,13 @@ def run_text_extraction(
             write_side_files()
             write_manifest(folder, manifest)
             written[name] = _encode_missing(
-                name, encode, manifest, captions, folder, config.text.batch_size, config.text.shard_size, progress
+                name, encode, manifest, captions_path, count, folder, config.text.batch_size, config.text.shard_size,
+                progress,
             )
             # from the disk: shards of an interrupted run were never added to the manifest
             manifest.shards = sorted(
                 shard_stem(p) for p in list_shards(folder, manifest.formats[0])
             )
             write_manifest(folder, manifest)
-            log.info("text/%s: %d captions encoded, %d already present", name, written[name], len(captions) - written[name])
+            log.info("text/%s: %d captions encoded, %d already present", name, written[name], count - written[name])
     return written

@@ -203,6 +203,38 @@ def test_duplicate_caption_ids(tmp_path):
     assert "duplicate caption id" in _error(p)
 
 
+# A file read in blocks of a few bytes: every check sees the whole file, lines are never cut.
+def test_streamed_reading_in_small_blocks_matches_the_whole_file(tmp_path, monkeypatch):
+    import pipeline.captions as captions
+    import pipeline.seen_ids as seen_ids
+
+    lines = [f"v{i // 3}#{i % 3} caption number {i} with a café\r\n" for i in range(200)]
+    laff = _write(tmp_path / "big.txt", "".join(lines))
+    whole = read_captions(laff)
+    monkeypatch.setattr(captions, "BLOCK_BYTES", 7)  # blocks end at newlines: CRLF and é stay whole
+    monkeypatch.setattr(seen_ids, "MERGE_EVERY", 16)  # the ids go through several sorted runs
+    monkeypatch.setattr(seen_ids, "FILTER_BITS", 64)  # and most lookups get past the hash bits
+    assert list(captions.iter_captions(laff)) == whole == read_captions(laff)
+    assert whole[150] == Caption("v50#0", "v50", "caption number 150 with a café")
+    # numbered ids skip an explicit one seen long before (in a sorted run by then)
+    explicit = "".join(f"w{j}#0,w{j},x\n" for j in range(20)) + "v3#1,v3,x\n"
+    numbered = "".join(f",v{i % 5},c{i}\n" for i in range(40))
+    csv_path = _write(tmp_path / "n.csv", "caption_id,video_id,caption\n" + explicit + numbered)
+    v3 = [c.caption_id for c in read_captions(csv_path) if c.video_id == "v3"]
+    assert v3 == ["v3#1"] + [f"v3#{k}" for k in range(2, 10)]
+    # a duplicate far from its first: the first is found by reading the file again
+    dup = _write(tmp_path / "dup.txt", "".join(lines) + "v10#1 again\n")
+    with pytest.raises(CaptionFormatError, match=r"line 201: duplicate caption id 'v10#1' \(first at .*line 32\)"):
+        read_captions(dup)
+    # encoding errors anywhere come before format errors, NUL before bad UTF-8, as for the whole file
+    bad = _write(tmp_path / "bad.txt", b"no id here\n" + b"v#0 ok\n" * 50 + b"v#1 caf\xe9\n" + b"v#2 \0\n")
+    with pytest.raises(CaptionFormatError, match="line 53: NUL byte"):
+        read_captions(bad)
+    bad.write_bytes(b"no id here\n" + b"v#0 ok\n" * 50 + b"v#1 caf\xe9\n")
+    with pytest.raises(CaptionFormatError, match=r"line 52: not valid UTF-8 \(byte 0xe9 at column 8\)"):
+        read_captions(bad)
+
+
 def test_missing_file():
     with pytest.raises(CaptionFormatError, match="not found"):
         read_captions("/nonexistent/captions.txt")
