@@ -29,10 +29,12 @@ COPY extractors extractors
 COPY fusion fusion
 COPY index index
 COPY configs configs
-# One CUDA major for everything: faiss-gpu's wheels need the CUDA 12 runtime, so torch comes
-# from PyTorch's CUDA 12.8 index (PyPI's torch brings CUDA 13), and the `gpu` extra brings
-# faiss-gpu and no CPU build beside it. A regular (not editable) install, as users get.
-RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch==2.14.1" "torchvision==0.29.1" \
+# One CUDA major for everything: faiss-gpu's wheels need the CUDA 12 runtime, so torch and
+# torchcodec come from PyTorch's CUDA 12.8 index (PyPI's torch brings CUDA 13), and the `gpu`
+# extra brings faiss-gpu and no CPU build beside it. torchcodec decodes with the FFmpeg shared
+# libraries of the `ffmpeg` package above (decode.backend auto, decode.device cuda for NVDEC).
+# A regular (not editable) install, as users get.
+RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch==2.14.1" "torchvision==0.29.1" torchcodec \
  && pip install ".[gpu,serve]" "apache-beam[gcp]==${BEAM_VERSION}" \
  && python -c "import torch; assert torch.version.cuda.startswith('12.'), torch.version.cuda"
 

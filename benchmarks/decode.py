@@ -6,7 +6,8 @@ the same frame indices, videos/s and frames/s of:
 - ``vidfuse decord``: ``open_video(path, "decord")`` (PyAV probe + decord) -> ``sample_indices``
   -> ``get_frames``;
 - ``bare decord``: ``decord.VideoReader(path, ctx=cpu(0), num_threads=T).get_batch(idx).asnumpy()``;
-- ``vidfuse pyav`` for context (no ratio target).
+- ``vidfuse pyav`` and, when the package and its FFmpeg libraries load, ``vidfuse torchcodec``
+  (exact seeks) for the choice of the default backend (no ratio target).
 
 Methods run interleaved video by video, in rotating order, for several rounds; each
 (method, video) keeps its best time (timeit's rule: other load on a shared machine only
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import decord  # noqa: E402
 
 import video_factory as vf  # noqa: E402
-from pipeline.decode import open_video  # noqa: E402
+from pipeline.decode import available_backends, open_video  # noqa: E402
 from pipeline.sampling import SamplingConfig, sample_indices  # noqa: E402
 
 SCENARIOS = {
@@ -45,8 +46,11 @@ SCENARIOS = {
 }
 
 
+THREAD_OPTION = {"decord": "num_threads", "pyav": "threads", "torchcodec": "num_ffmpeg_threads"}
+
+
 def ours(path, cfg, backend, threads):
-    opts = {"num_threads": threads} if backend == "decord" else {"threads": threads}
+    opts = {THREAD_OPTION[backend]: threads}
     with open_video(path, backend=backend, **opts) as r:
         times = r.frame_times() if cfg.kind == "fps" else None
         idx = sample_indices(cfg, r.info.num_frames, times)
@@ -108,6 +112,8 @@ def main() -> None:
                 "vidfuse decord": lambda p: ours(p, cfg, "decord", args.threads),
                 "vidfuse pyav": lambda p: ours(p, cfg, "pyav", args.threads),
             }
+            if "torchcodec" in available_backends():
+                methods["vidfuse torchcodec"] = lambda p: ours(p, cfg, "torchcodec", args.threads)
             # best of rounds per (method, video), methods interleaved video by video in
             # rotating order: robust to other load on a shared machine (timeit's rule)
             best = {m: {p: float("inf") for p in paths} for m in methods}
@@ -132,7 +138,7 @@ def main() -> None:
                 rows.append((name, m, args.videos / total, frames[m] / total, base / total, base_cpu / cpu))
 
     header = (
-        f"{'sampling':<26} {'method':<15} {'videos/s':>9} {'frames/s':>9} "
+        f"{'sampling':<26} {'method':<18} {'videos/s':>9} {'frames/s':>9} "
         f"{'vs bare (wall)':>15} {'vs bare (CPU)':>14}"
     )
     print(header)
@@ -140,7 +146,7 @@ def main() -> None:
     last = None
     for name, m, vps, fps, ratio, ratio_cpu in rows:
         label = name if name != last else ""
-        print(f"{label:<26} {m:<15} {vps:>9.1f} {fps:>9.0f} {ratio:>14.2f}x {ratio_cpu:>13.2f}x")
+        print(f"{label:<26} {m:<18} {vps:>9.1f} {fps:>9.0f} {ratio:>14.2f}x {ratio_cpu:>13.2f}x")
         last = name
     wall = [r[4] for r in rows if r[1] == "vidfuse decord"]
     cpu = [r[5] for r in rows if r[1] == "vidfuse decord"]

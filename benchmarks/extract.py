@@ -25,16 +25,21 @@ cores a method actually got (on a shared machine, what other processes left).
 
 A Beam run has a fixed cost (worker processes, imports, model builds) that a small run cannot
 amortise. Within each Beam run the completion times of its shards (file mtimes) give
-``start s`` (run start -> first complete shard: start-up plus one shard of work, median) and
-``steady v/s`` (videos in the later shards / time from the first to the last shard, best),
-compared with the bare loop's rate in ``steady vs bare``.
+``start s`` (run start -> first complete shard, median) and ``steady v/s`` (videos in the
+later shards / time from the first to the last shard, best), compared with the bare loop's rate
+in ``steady vs bare``. Since shards are written after a GroupByKey (retry-safe names), they are
+committed when the embedding stage ends: ``start s`` is then most of the run and ``steady`` n/a.
+
+``--gpu`` (where CUDA is present): CLIP ViT-B/32 (random weights) frames/s of the job against the
+bare model loop at the same batch and precision, and fp32 against bf16; without CUDA the rows
+are printed as skipped.
 
 Torch intra-op threads (column ``threads``, processes x threads): by default the bare loop and
 the in-process worker use torch's default and worker processes get what the job gives them
 (cores // workers); ``--torch-threads K`` sets K everywhere, which keeps a loaded machine's
 OpenMP threads from spinning against each other and makes the comparison per core.
 
-    python benchmarks/extract.py [--videos 40 --larger 120 --repeats 3 --workers 1,2 --torch-threads 0]
+    python benchmarks/extract.py [--videos 40 --larger 120 --repeats 3 --workers 1,2 --torch-threads 0] [--gpu]
 """
 
 from __future__ import annotations
@@ -104,6 +109,43 @@ def beam_run(video_dir: Path, out: Path, config: ExtractConfig, beam_args: list[
     return shard_timeline(out, started, len(config.extractors))
 
 
+def gpu_rows(videos: list[Path], out: Path, repeats: int) -> None:
+    """CLIP ViT-B/32 on CUDA: the job vs the bare decode+embed loop, fp32 and bf16 (frames/s)."""
+    if not torch.cuda.is_available():
+        print("\nGPU: skipped: no GPU was available")
+        return
+    for precision in ("fp32", "bf16"):
+        config = load_config(ExtractConfig, "default", [
+            "extractors.clip.pretrained=null", f"inference.precision={precision}"], kind="extract")
+        config.extractors = {"clip": config.extractors["clip"]}
+        frames = len(videos) * config.extractors["clip"].sampling.num_frames
+
+        def bare() -> None:
+            extractor = build_extractor("clip", config.extractors["clip"], device="cuda")
+            extractor.set_precision(precision)
+            for path in videos:
+                with open_video(str(path), backend=config.decode.backend, fallback=config.decode.fallback) as reader:
+                    indices = sample_indices(extractor.config.sampling, reader.info.num_frames)
+                    extractor.pool(extractor.embed(extractor.preprocess(reader.get_frames(indices.ravel()))))
+            torch.cuda.synchronize()
+
+        def job() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            extract_job.run_extraction(str(videos[0].parent), str(out), config, device="cuda",
+                                       beam_args=["--direct_num_workers=1"], progress=False)
+
+        best = {}
+        for name, fn in (("bare", bare), ("job", job)):
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            best[name] = min(times)
+        print(f"GPU {precision}: bare {frames / best['bare']:.1f} frames/s, job {frames / best['job']:.1f} frames/s, "
+              f"job / bare {best['bare'] / best['job']:.2f}x (target >= 0.8x)")
+
+
 def cpu_seconds() -> float:
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -135,6 +177,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=4, help="rows per shard (finer timeline)")
     ap.add_argument("--torch-threads", type=int, default=0, help="threads per process everywhere (0: defaults)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gpu", action="store_true", help="also the CUDA rows (skipped without a GPU)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -183,6 +226,8 @@ def main() -> None:
                 methods[name] = lambda d=dirs[n], a=beam_args: beam_run(d, out, config, a)
             print(f"{n} videos:", flush=True)
             results[n] = measure(methods, args.repeats)
+        if args.gpu:
+            gpu_rows(sorted(dirs[sizes[0]].glob("*.mp4")), out, args.repeats)
         end_load = os.getloadavg()[0]
 
     for n in sizes:

@@ -23,6 +23,8 @@ The driver prints a table with the growth ratios (largest N / smallest N; linear
     python benchmarks/scale.py --quick             # N = 100, 400
     python benchmarks/scale.py --sizes 200,800 --workdir /tmp/scale --keep
     python benchmarks/scale.py --stage train --n 500 --workdir W --profile   # one stage, cProfile
+    python benchmarks/scale.py --sizes 2000,20000 --stages synth,extract   # the extraction launcher's figures
+    python benchmarks/scale.py --sizes 2000,20000,200000 --stages done-set,launcher   # the launcher alone
     nice -n 5 python benchmarks/scale.py --text    # extract-text at 10k, 200k, 1M captions (~15 min)
 
 ``--text`` measures ``extract-text`` alone at N captions (default 10k, 200k and 1M: MSR-VTT has
@@ -52,6 +54,12 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, _ROOT)
 
 STAGES = ("synth", "extract", "text", "train", "index", "benchmark")
+# The extraction launcher alone, at sizes a full chain cannot reach here: ``done-set`` makes N video
+# files (hard links to one small video) and N already-extracted ids per extractor (shards of the
+# config's shard_size, written under the real manifests); ``launcher`` then times, in a fresh
+# process, what the launcher does outside the workers' run: prepare the job (manifests, leftovers,
+# graph) and the after-run steps (shard list into the manifests, errors.jsonl), with the graph size.
+LAUNCHER_STAGES = ("done-set", "launcher")
 TEXT_STAGES = ("corpus", "captions")  # --text: write N captions; extract-text of them (every encoder)
 TEXT_SIZES = "10000,200000,1000000"
 W2V_DIM = 300
@@ -131,6 +139,57 @@ def _dataset(workdir: Path, n: int, seed: int):
     return generate_dataset(_paths(workdir)["data"], n, seed, progress=False)
 
 
+def _launcher_stage(stage: str, n: int, workdir: Path) -> str:
+    import numpy as np
+
+    from pipeline.config import ExtractConfig
+    from pipeline.extract_job import _merge_dead_letters, prepare_extraction
+    from pipeline.manifest import write_manifest
+    from pipeline.shards import FeatureRow, list_shards, write_shard
+    from vidfuse.config import load_config
+
+    cfg = load_config(ExtractConfig, EXTRACT_CONFIG, kind="extract")
+    videos, out = workdir / "launcher-videos", workdir / "launcher-features"
+    if stage == "done-set":
+        sys.path.insert(0, os.path.join(_ROOT, "tests"))
+        import video_factory as vf
+
+        one = vf.write_video(workdir / "one.mp4", 10)
+        for k in range(n):
+            target = videos / f"g{k // 1000:03d}" / f"video{k:07d}.mp4"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(one, target)
+        job = prepare_extraction(str(videos), str(out), cfg, EXTRACTORS, cfg.output.formats, ["--direct_num_workers=1"])
+        for name in EXTRACTORS:
+            manifest = job.manifests[name]
+            vector, frames = np.zeros(manifest.dim, np.float32), np.zeros((1, manifest.dim), np.float32)
+            size = cfg.output.shard_size
+            for start in range(0, n, size):
+                rows = [FeatureRow(f"g{k // 1000:03d}/video{k:07d}", vector, frames, 1) for k in range(start, min(n, start + size))]
+                write_shard(job.out_dirs[name], f"part-{start:016x}", rows, cfg.output.formats, manifest.hash())
+        return f"{n} videos, {n} done ids per extractor in shards of {cfg.output.shard_size}"
+    t_imports = time.perf_counter()  # the imports the launcher's first call makes, timed apart
+    from apache_beam.ml.inference import base  # noqa: F401
+    from extractors import registry
+
+    registry.available_extractors()
+    imports_s = time.perf_counter() - t_imports
+    t0 = time.perf_counter()
+    job = prepare_extraction(str(videos), str(out), cfg, EXTRACTORS, cfg.output.formats, ["--direct_num_workers=1"])
+    graph = len(job.pipeline.to_runner_api().SerializeToString())
+    prepare_s = time.perf_counter() - t0
+    hwm = _status_kib("VmHWM") / 1024
+    t1 = time.perf_counter()
+    for name in EXTRACTORS:  # the after-run steps, as run_extraction does them
+        job.manifests[name].shards = sorted(
+            {os.path.splitext(os.path.basename(p))[0] for f in cfg.output.formats for p in list_shards(job.out_dirs[name], f)})
+        write_manifest(job.out_dirs[name], job.manifests[name])
+    _merge_dead_letters(str(out), job.dead_prefix)
+    after_s = time.perf_counter() - t1
+    return (f"imports {imports_s:.1f} s; prepare {prepare_s:.2f} s (graph {graph / 1024:.0f} KiB, peak RSS "
+            f"{hwm:.0f} MiB), after the run {after_s:.2f} s: launcher {prepare_s + after_s:.2f} s")
+
+
 def run_text_stage(stage: str, n: int, workdir: Path, seed: int) -> str:
     """``corpus``: N captions + split files + word vectors of their vocabulary; ``captions``: extract-text."""
     corpus, w2v = workdir / "corpus", workdir / "w2v.txt"
@@ -160,6 +219,8 @@ def run_text_stage(stage: str, n: int, workdir: Path, seed: int) -> str:
 
 def run_stage(stage: str, n: int, workdir: Path, seed: int, epochs: int) -> str:
     """Runs one stage of the chain exactly as vidfuse.demo does; returns a one-line summary."""
+    if stage in LAUNCHER_STAGES:
+        return _launcher_stage(stage, n, workdir)
     if stage in TEXT_STAGES:
         return run_text_stage(stage, n, workdir, seed)
     p = _paths(workdir)
@@ -174,8 +235,9 @@ def run_stage(stage: str, n: int, workdir: Path, seed: int, epochs: int) -> str:
     if stage == "extract":
         from pipeline.extract_job import run_extraction
 
-        return run_extraction(str(ds.videos_dir), str(p["features"]), extract_cfg, EXTRACTORS,
-                              progress=False).line()
+        summary = run_extraction(str(ds.videos_dir), str(p["features"]), extract_cfg, EXTRACTORS, progress=False)
+        return (f"{summary.line()}; launcher (outside the workers' run): {summary.launcher_seconds:.2f} s, "
+                f"peak RSS before the run {summary.launcher_peak_rss / MiB:.0f} MiB")
     if stage == "text":
         from pipeline.text_job import run_text_extraction
 
@@ -257,7 +319,7 @@ def print_table(results: dict[int, dict[str, dict]], sizes: list[int]) -> None:
     cells = [f"N={n}: time, peak RSS (tree)" for n in sizes]
     header = ["stage", *cells, "time x", "RSS x", "tree x", "verdict"]
     rows = []
-    for stage in STAGES:
+    for stage in STAGES + LAUNCHER_STAGES:
         if not all(stage in results[n] for n in sizes):
             continue
         a, b = results[lo][stage], results[hi][stage]
@@ -286,7 +348,7 @@ def print_table(results: dict[int, dict[str, dict]], sizes: list[int]) -> None:
           f"its children (Beam workers), sampled every 0.2 s.")
     print("\nper stage: summary, child wall time (start + imports + work), max processes, load average after")
     for n in sizes:
-        for stage in STAGES:
+        for stage in STAGES + LAUNCHER_STAGES:
             r = results[n].get(stage)
             if r:
                 print(f"  N={n:<5} {stage:<9} {r['summary']}  [child {r['child_seconds']:.1f} s, "
@@ -338,7 +400,8 @@ def driver_main(args: argparse.Namespace) -> int:
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vidfuse-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "stages.log"
-    print(f"scale run: N = {sizes}, stages {', '.join(STAGES)}, work folder {root}, stage logs {log_path}")
+    stages = [s for s in STAGES + LAUNCHER_STAGES if s in args.stages.split(",")]
+    print(f"scale run: N = {sizes}, stages {', '.join(stages)}, work folder {root}, stage logs {log_path}")
     print(f"cores {os.cpu_count()}, load average at start {_loadavg()}", flush=True)
     results: dict[int, dict[str, dict]] = {}
     try:
@@ -349,7 +412,7 @@ def driver_main(args: argparse.Namespace) -> int:
                     shutil.rmtree(workdir)  # a rerun must not reuse features: time would be zero
                 workdir.mkdir(parents=True, exist_ok=True)
                 results[n] = {}
-                for stage in STAGES:
+                for stage in stages:
                     log.write(f"\n===== N={n} {stage}\n")
                     log.flush()
                     r = run_child(stage, n, workdir, args.seed, args.epochs, log)
@@ -358,7 +421,7 @@ def driver_main(args: argparse.Namespace) -> int:
                           f"  tree {r['tree_peak_rss'] / MiB:5.0f} MiB  load {r['load']}  | {r['summary']}",
                           flush=True)
     finally:
-        done = [n for n in sizes if len(results.get(n, {})) == len(STAGES)]
+        done = [n for n in sizes if len(results.get(n, {})) == len(stages)]
         if len(done) >= 2:
             print()
             print_table(results, done)
@@ -372,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="500,2000", help="comma-separated numbers of videos (default 500,2000)")
     ap.add_argument("--quick", action="store_true", help="N = 100, 400")
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help="comma-separated stages to run, in chain order (e.g. synth,extract for the launcher figures)")
     ap.add_argument("--workdir", help="work folder (default: a temporary folder, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     ap.add_argument("--reuse", action="store_true", help="reuse what a previous run left in --workdir")
@@ -380,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     # child mode
     ap.add_argument("--text", action="store_true", help=f"extract-text alone at --sizes captions (default {TEXT_SIZES})")
     ap.add_argument("--encoders", default="clip,bow,w2v", help="with --text: the text encoders run (default all)")
-    ap.add_argument("--stage", choices=STAGES + TEXT_STAGES, help="run one stage in this process (what the driver calls)")
+    ap.add_argument("--stage", choices=STAGES + TEXT_STAGES + LAUNCHER_STAGES, help="run one stage in this process (what the driver calls)")
     ap.add_argument("--n", type=int, help="number of videos (with --stage)")
     ap.add_argument("--result", help="JSON file the child writes its figures to (with --stage)")
     ap.add_argument("--profile", action="store_true", help="with --stage: cProfile the stage, top 40 to stderr")

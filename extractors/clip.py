@@ -175,28 +175,6 @@ def _pretrained_cfg_for_file(model: str, path: Path) -> dict:
     return {}
 
 
-def frame_transform(model: torch.nn.Module, pretrained_cfg: dict) -> FrameTransform:
-    """The image preprocessing the weights were trained with: the model config's, overlaid with the
-    pretrained tag's own (mean/std, interpolation, resize mode: SigLIP's tags want 0.5 and squash)."""
-    from open_clip.transform import merge_preprocess_dict
-
-    pp = merge_preprocess_dict(open_clip.get_model_preprocess_cfg(model), pretrained_cfg)
-    size = pp.get("size", 224)
-    size = int(size if isinstance(size, int) else min(size))
-    mode = pp.get("resize_mode") or "shortest"
-    if mode not in RESIZE_MODES:
-        raise ConfigError(f"extractor 'clip': the weights ask for resize mode {mode!r}, which vidfuse does not "
-                          f"implement (known: {list(RESIZE_MODES)})")
-    return FrameTransform(
-        resize=size,
-        crop=size,
-        mean=as_tuple3(pp.get("mean") or open_clip.OPENAI_DATASET_MEAN),
-        std=as_tuple3(pp.get("std") or open_clip.OPENAI_DATASET_STD),
-        interpolation="bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear",
-        resize_mode=mode,
-    )
-
-
 def _load_weights_file(model: torch.nn.Module, path: Path) -> None:
     try:
         if _is_torchscript(path):
@@ -239,14 +217,58 @@ def load_clip(config: ClipConfig) -> ClipBundle:
     if path is not None:
         _load_weights_file(model, path)
     model.eval()
-    transform = frame_transform(model, pretrained_cfg)
     return ClipBundle(
         model=model,
         tokenizer=open_clip.get_tokenizer(config.model),
-        transform=transform,
+        transform=clip_transform(config, pretrained_cfg),
         weights=weights,
         quick_gelu=quick_gelu,
         dim=int(open_clip.get_model_config(config.model)["embed_dim"]),
+    )
+
+
+def _pretrained_cfg_of(config: ClipConfig) -> dict:
+    """The pretrained tag's cfg for ``config.pretrained`` (a tag, or a local file named as a tag's
+    download), looked up without loading any weights; {} for random init or any other file."""
+    if config.pretrained is None:
+        return {}
+    path = local_checkpoint(config.pretrained, extractor="clip")
+    if path is not None:
+        return _pretrained_cfg_for_file(config.model, path)
+    return dict(open_clip.get_pretrained_cfg(config.model, config.pretrained) or {})
+
+
+def clip_transform(config: ClipConfig, pretrained_cfg: Optional[dict] = None) -> FrameTransform:
+    """The image preprocessing the weights were trained with, from configs alone (no model built):
+    open_clip's PreprocessCfg defaults at the vision tower's image size, overlaid with the model
+    config's ``preprocess_cfg`` and then the pretrained tag's own (mean/std, interpolation, resize
+    mode: SigLIP's tags want 0.5 and squash). ``pretrained_cfg`` defaults to the tag's, looked up."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    model_cfg = open_clip.get_model_config(config.model)
+    if model_cfg is None:
+        raise ConfigError(f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()")
+    if pretrained_cfg is None:
+        pretrained_cfg = _pretrained_cfg_of(config)
+    pp = asdict(PreprocessCfg())
+    pp["size"] = model_cfg.get("vision_cfg", {}).get("image_size", pp["size"])
+    pp = merge_preprocess_dict(pp, model_cfg.get("preprocess_cfg", {}))
+    pp = merge_preprocess_dict(pp, pretrained_cfg)
+    size = pp.get("size", 224)
+    size = int(size if isinstance(size, int) else min(size))
+    mode = pp.get("resize_mode") or "shortest"
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"extractor 'clip': the weights ask for resize mode {mode!r}, which vidfuse does not "
+                          f"implement (known: {list(RESIZE_MODES)})")
+    return FrameTransform(
+        resize=size,
+        crop=size,
+        mean=as_tuple3(pp.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        std=as_tuple3(pp.get("std") or open_clip.OPENAI_DATASET_STD),
+        interpolation="bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear",
+        resize_mode=mode,
     )
 
 
@@ -295,11 +317,40 @@ class ClipExtractor(VideoExtractor):
         self._finish_model()
 
     def model_name(self) -> str:
-        return self.config.model
+        return type(self).model_name_for(self.config)
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 [T,H,W,3] -> [T,3,S,S] (shorter side to S bicubic, centre crop, CLIP mean/std)."""
-        return self.transform(frames)
+    @classmethod
+    def model_name_for(cls, config: ClipConfig) -> str:
+        return config.model
+
+    @classmethod
+    def dim_for(cls, config: ClipConfig) -> int:
+        model_cfg = open_clip.get_model_config(config.model)
+        if model_cfg is None:
+            raise ConfigError(
+                f"extractor 'clip': unknown model {config.model!r} (key 'model'); see open_clip.list_models()"
+            )
+        return int(model_cfg["embed_dim"])
+
+    @classmethod
+    def weights_label(cls, config: ClipConfig) -> str:
+        if config.pretrained is None:
+            return "random"
+        path = local_checkpoint(config.pretrained, extractor="clip")
+        if path is not None:
+            return str(path)
+        if not open_clip.get_pretrained_cfg(config.model, config.pretrained):
+            tags = open_clip.list_pretrained_tags_by_model(config.model)
+            raise WeightsNotFoundError(
+                f"clip: {config.pretrained!r} is neither a checkpoint file nor a pretrained tag of {config.model} "
+                f"(known tags: {tags or 'none'}); set extractors.clip.pretrained to one, a path, or null"
+            )
+        return config.pretrained
+
+    @classmethod
+    def frame_transform_for(cls, config: ClipConfig) -> FrameTransform:
+        """The weights' own preprocessing (see :func:`clip_transform`), without building the model."""
+        return clip_transform(config)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(batch, normalize=self.config.normalize)

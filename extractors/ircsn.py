@@ -18,6 +18,7 @@ building; loading is strict, and a mismatch names the keys that differ.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar, Optional
 
 import torch
@@ -75,6 +76,15 @@ class IrCSNExtractor(ClipLevelExtractor):
 
     def __init__(self, config: IrCSNConfig, device: str | torch.device = "auto"):
         super().__init__(config, device)
+        self.transform = type(self).frame_transform_for(config)
+        self.model = build_ircsn(config.depth, config.stem_dim)
+        self.dim = type(self).dim_for(config)
+        self.weights = self._load_weights()
+        self._finish_model()
+
+    @classmethod
+    def check_config(cls, config: IrCSNConfig) -> None:
+        super().check_config(config)
         if config.depth not in CSN_DEPTHS:
             raise ConfigError(f"extractor 'ircsn': depth {config.depth} not one of {list(CSN_DEPTHS)} (key 'depth')")
         if config.stem_dim < 1:
@@ -84,38 +94,50 @@ class IrCSNExtractor(ClipLevelExtractor):
                 f"extractor 'ircsn': need 32 <= crop_size <= resize, got crop_size {config.crop_size}, "
                 f"resize {config.resize} (key 'crop_size')"
             )
-        self.transform = FrameTransform(
-            resize=config.resize, crop=config.crop_size, mean=IG65M_MEAN, std=IG65M_STD
-        )
-        self.model = build_ircsn(config.depth, config.stem_dim)
-        self.dim = 32 * config.stem_dim
-        self.weights = self._load_weights()
-        self._finish_model()
 
-    def _load_weights(self) -> str:
-        pretrained = self.config.pretrained
+    @classmethod
+    def frame_transform_for(cls, config: IrCSNConfig) -> FrameTransform:
+        return FrameTransform(resize=config.resize, crop=config.crop_size, mean=IG65M_MEAN, std=IG65M_STD)
+
+    @classmethod
+    def dim_for(cls, config: IrCSNConfig) -> int:
+        return 32 * config.stem_dim
+
+    @classmethod
+    def model_name_for(cls, config: IrCSNConfig) -> str:
+        width = "" if config.stem_dim == 64 else f"_w{config.stem_dim}"
+        return f"ircsn_{config.depth}{width}"
+
+    @classmethod
+    def weights_label(cls, config: IrCSNConfig) -> str:
+        pretrained = config.pretrained
         if pretrained is None:
             return "random"
         path = local_checkpoint(pretrained, extractor="ircsn")
         if path is None:
             raise WeightsNotFoundError(
-                f"ircsn: {self.model_name()} weights {pretrained!r} cannot be fetched: the IG-65M irCSN weights "
-                "are not in pytorchvideo's model zoo. Supply a checkpoint in pytorchvideo create_csn layout "
+                f"ircsn: {cls.model_name_for(config)} weights {pretrained!r} cannot be fetched: the IG-65M irCSN "
+                "weights are not in pytorchvideo's model zoo. Supply a checkpoint in pytorchvideo create_csn layout "
                 "(e.g. converted from the VMZ or mmaction2 release) with "
                 "extractors.ircsn.pretrained: /path/to/ircsn_152_ig65m.pth (null = random weights)"
             )
-        load_state_dict_strict(
-            self.model,
-            read_state_dict(path, extractor="ircsn"),
-            extractor="ircsn",
-            source=str(path),
-            convert=type(self).state_dict_converter,
-        )
         return str(path)
 
+    def _load_weights(self) -> str:
+        label = type(self).weights_label(self.config)
+        if label == "random":
+            return label
+        load_state_dict_strict(
+            self.model,
+            read_state_dict(Path(label), extractor="ircsn"),
+            extractor="ircsn",
+            source=label,
+            convert=type(self).state_dict_converter,
+        )
+        return label
+
     def model_name(self) -> str:
-        width = "" if self.config.stem_dim == 64 else f"_w{self.config.stem_dim}"
-        return f"ircsn_{self.config.depth}{width}"
+        return type(self).model_name_for(self.config)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch

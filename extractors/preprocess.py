@@ -57,10 +57,17 @@ class FrameTransform:
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [N, H, W, 3] RGB -> float32 [N, 3, crop, crop] on CPU."""
+        return self.normalise(self.resize_crop(frames))
+
+    def resize_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [N, H, W, 3] RGB -> uint8 [N, 3, crop, crop]: the model's resolution, still bytes.
+
+        The extraction job runs this right after decoding, so no extractor keeps full-resolution
+        frames until its model runs (a 1080p frame is 6 MB, a 224 crop 150 kB).
+        """
         check_frames(frames)
         mode = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
-        mean, std = list(self.mean), list(self.std)
-        out = torch.empty((frames.shape[0], 3, self.crop, self.crop), dtype=torch.float32)
+        out = torch.empty((frames.shape[0], 3, self.crop, self.crop), dtype=torch.uint8)
         for start in range(0, frames.shape[0], _CHUNK):
             x = torch.from_numpy(np.ascontiguousarray(frames[start : start + _CHUNK])).permute(0, 3, 1, 2)
             if self.resize_mode == "squash":
@@ -68,7 +75,17 @@ class FrameTransform:
             else:
                 x = TF.resize(x, [self.resize], interpolation=mode, antialias=True)  # shorter side, uint8
                 x = TF.center_crop(x, [self.crop, self.crop])
-            out[start : start + x.shape[0]] = TF.normalize(x.float().div_(255.0), mean, std)
+            out[start : start + x.shape[0]] = x
+        return out
+
+    def normalise(self, resized: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, crop, crop] (from :meth:`resize_crop`) -> float32 (x/255 - mean)/std."""
+        if resized.dtype != torch.uint8 or resized.ndim != 4 or tuple(resized.shape[1:]) != (3, self.crop, self.crop):
+            raise ValueError(f"expected uint8 [N, 3, {self.crop}, {self.crop}], got {resized.dtype} {tuple(resized.shape)}")
+        out = torch.empty(resized.shape, dtype=torch.float32)
+        for start in range(0, resized.shape[0], _CHUNK):
+            x = resized[start : start + _CHUNK]
+            out[start : start + x.shape[0]] = TF.normalize(x.float().div_(255.0), list(self.mean), list(self.std))
         return out
 
 

@@ -90,3 +90,11 @@ def build_extractor(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MODEL_INIT_SEED)
         return cls(settings, device=device)
+
+
+def describe_extractor(name: str, config: Mapping[str, Any] | DictConfig | Any | None = None) -> tuple[Any, dict]:
+    """(validated settings, manifest fields) of an extractor, from its config and weights file
+    alone: no model is built (the launcher of a job describes; the workers build)."""
+    cls = extractor_class(name)
+    settings = validate_config(name, config)
+    return settings, cls.describe_config(settings)

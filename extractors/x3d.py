@@ -94,50 +94,77 @@ class X3DExtractor(ClipLevelExtractor):
 
     def __init__(self, config: X3DConfig, device: str | torch.device = "auto"):
         super().__init__(config, device)
-        if config.variant not in X3D_VARIANTS:
-            raise ConfigError(
-                f"extractor 'x3d': unknown variant {config.variant!r} (key 'variant'); one of {sorted(X3D_VARIANTS)}"
-            )
         self.variant = X3D_VARIANTS[config.variant]
-        crop = config.crop_size or self.variant.crop
-        resize = config.resize or crop
-        if crop < self.variant.crop:
-            raise ConfigError(
-                f"extractor 'x3d': crop_size {crop} is smaller than X3D-{config.variant}'s pooling window "
-                f"({self.variant.crop}) (key 'crop_size')"
-            )
-        if resize < crop:
-            raise ConfigError(f"extractor 'x3d': resize {resize} < crop_size {crop} (key 'resize')")
-        if config.sampling.clip_len < self.variant.clip_len:
-            raise ConfigError(
-                f"extractor 'x3d': sampling.clip_len {config.sampling.clip_len} is shorter than "
-                f"X3D-{config.variant}'s temporal window ({self.variant.clip_len}) (key 'sampling.clip_len')"
-            )
-        self.transform = FrameTransform(resize=resize, crop=crop, mean=KINETICS_MEAN, std=KINETICS_STD)
+        self.transform = type(self).frame_transform_for(config)
         self.model = build_x3d(self.variant)
         self.weights = self._load_weights()
         self.dim = self.variant.head_dim_out
         self._finish_model()
 
-    def _load_weights(self) -> str:
-        pretrained = self.config.pretrained
+    @classmethod
+    def check_config(cls, config: X3DConfig) -> None:
+        super().check_config(config)
+        if config.variant not in X3D_VARIANTS:
+            raise ConfigError(
+                f"extractor 'x3d': unknown variant {config.variant!r} (key 'variant'); one of {sorted(X3D_VARIANTS)}"
+            )
+        variant = X3D_VARIANTS[config.variant]
+        crop = config.crop_size or variant.crop
+        resize = config.resize or crop
+        if crop < variant.crop:
+            raise ConfigError(
+                f"extractor 'x3d': crop_size {crop} is smaller than X3D-{config.variant}'s pooling window "
+                f"({variant.crop}) (key 'crop_size')"
+            )
+        if resize < crop:
+            raise ConfigError(f"extractor 'x3d': resize {resize} < crop_size {crop} (key 'resize')")
+        if config.sampling.clip_len < variant.clip_len:
+            raise ConfigError(
+                f"extractor 'x3d': sampling.clip_len {config.sampling.clip_len} is shorter than "
+                f"X3D-{config.variant}'s temporal window ({variant.clip_len}) (key 'sampling.clip_len')"
+            )
+
+    @classmethod
+    def frame_transform_for(cls, config: X3DConfig) -> FrameTransform:
+        crop = config.crop_size or X3D_VARIANTS[config.variant].crop
+        return FrameTransform(resize=config.resize or crop, crop=crop, mean=KINETICS_MEAN, std=KINETICS_STD)
+
+    @classmethod
+    def model_name_for(cls, config: X3DConfig) -> str:
+        return f"x3d_{config.variant}"
+
+    @classmethod
+    def dim_for(cls, config: X3DConfig) -> int:
+        return X3D_VARIANTS[config.variant].head_dim_out
+
+    @classmethod
+    def weights_label(cls, config: X3DConfig) -> str:
+        pretrained = config.pretrained
         if pretrained is None:
             return "random"
         path = local_checkpoint(pretrained, extractor="x3d")
-        label = str(path) if path is not None else pretrained
+        if path is not None:
+            return str(path)
+        if pretrained != ZOO_TAG:
+            raise WeightsNotFoundError(
+                f"x3d: pretrained {pretrained!r} is neither a checkpoint file nor the model-zoo tag "
+                f"{ZOO_TAG!r} (key extractors.x3d.pretrained; null = random weights)"
+            )
+        if X3D_VARIANTS[config.variant].zoo is None:
+            raise WeightsNotFoundError(
+                f"x3d: variant {config.variant!r} has no model-zoo weights; use pretrained: null "
+                "or a checkpoint path"
+            )
+        return pretrained
+
+    def _load_weights(self) -> str:
+        label = type(self).weights_label(self.config)
+        if label == "random":
+            return label
+        path = local_checkpoint(self.config.pretrained, extractor="x3d")
         if path is None:
-            if pretrained != ZOO_TAG:
-                raise WeightsNotFoundError(
-                    f"x3d: pretrained {pretrained!r} is neither a checkpoint file nor the model-zoo tag "
-                    f"{ZOO_TAG!r} (key extractors.x3d.pretrained; null = random weights)"
-                )
-            if self.variant.zoo is None:
-                raise WeightsNotFoundError(
-                    f"x3d: variant {self.config.variant!r} has no model-zoo weights; use pretrained: null "
-                    "or a checkpoint path"
-                )
             path = resolve_url_checkpoint(
-                X3D_ZOO_URLS[self.variant.zoo], extractor="x3d", tag=pretrained, model=self.model_name()
+                X3D_ZOO_URLS[self.variant.zoo], extractor="x3d", tag=label, model=self.model_name()
             )
             s = self.config.sampling
             if (s.clip_len, s.stride) != (self.variant.clip_len, self.variant.stride):
@@ -149,7 +176,7 @@ class X3DExtractor(ClipLevelExtractor):
         return label
 
     def model_name(self) -> str:
-        return f"x3d_{self.config.variant}"
+        return type(self).model_name_for(self.config)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch

@@ -21,8 +21,9 @@ VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 
 @dataclass
 class DecodeConfig:
-    backend: str = "decord"  # decord | pyav | torchcodec
+    backend: str = "auto"  # auto (torchcodec where it loads, else pyav; see pipeline.decode_auto) | decord | pyav | torchcodec
     fallback: Optional[str] = "pyav"  # tried when the backend cannot open a file (decord: GIF, AV1)
+    device: str = "cpu"  # cpu | cuda: NVDEC decoding (torchcodec, or auto where torchcodec loads)
     extensions: List[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
 
 
@@ -30,6 +31,14 @@ class DecodeConfig:
 class OutputConfig:
     formats: List[str] = field(default_factory=lambda: ["parquet"])  # parquet, hdf5
     shard_size: int = 64  # videos per shard (a shard is written when full or at bundle end)
+
+
+@dataclass
+class InferenceConfig:
+    """How the models run on the workers (RunInference, see ``pipeline.model_handlers``)."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; recorded in the manifest when not fp32)
+    model_copies: Optional[int] = None  # models per machine shared by its processes (GPU); null: one per process
 
 
 @dataclass
@@ -47,6 +56,7 @@ class TextConfig:
 class ExtractConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     extractors: Dict[str, Any] = field(default_factory=dict)  # name -> that extractor's config
     text: TextConfig = field(default_factory=TextConfig)
 
@@ -60,11 +70,19 @@ def check_decode_config(cfg: DecodeConfig, prefix: str = "decode") -> None:
     """Backends that exist here, and some extension to look for."""
     from pipeline.decode import available_backends
 
+    from pipeline.decode_auto import AUTO
+
     known = available_backends()
     for key in ("backend", "fallback"):
         name = getattr(cfg, key)
+        if key == "backend" and name == AUTO:
+            continue
         if (name is not None or key == "backend") and name not in known:
             raise ConfigError(f"{prefix}.{key}: unknown or unavailable decode backend {name!r} (available: {', '.join(known)})")
+    if cfg.device not in ("cpu", "cuda"):
+        raise ConfigError(f"{prefix}.device: {cfg.device!r} is not cpu or cuda")
+    if cfg.device == "cuda" and cfg.backend not in (AUTO, "torchcodec"):
+        raise ConfigError(f"{prefix}.device: cuda decodes with torchcodec; set {prefix}.backend to torchcodec or auto")
     if not cfg.extensions:
         raise ConfigError(f"{prefix}.extensions is empty: no file would be taken for a video")
 
@@ -89,6 +107,12 @@ def check_extract_config(cfg: ExtractConfig) -> None:
         except VidfuseError as exc:
             raise ConfigError(f"output.formats: {exc}") from None
     _at_least(cfg.output.shard_size, 1, "output.shard_size")
+    from pipeline.model_handlers import PRECISIONS
+
+    if cfg.inference.precision not in PRECISIONS:
+        raise ConfigError(f"inference.precision: {cfg.inference.precision!r} is not one of {list(PRECISIONS)}")
+    if cfg.inference.model_copies is not None:
+        _at_least(cfg.inference.model_copies, 1, "inference.model_copies")
     for name, settings in cfg.extractors.items():
         try:
             schema = extractor_class(name).Config

@@ -195,13 +195,17 @@ def open_video(path: str, backend: str = "decord", fallback: str | None = None, 
     layer does so with ``pipeline.video_files.local_copy`` (Beam FileSystems), then calls
     this. A remote URI given here directly is refused with a VideoDecodeError saying so.
 
-    ``kwargs`` go to the backend (``decord``: ``num_threads``; ``pyav``: ``threads``).
+    ``backend`` may be ``auto`` (:mod:`pipeline.decode_auto`). ``kwargs`` go to the backend
+    (``decord``: ``num_threads``; ``pyav``: ``threads``).
     ``fallback``: another backend to try when ``backend`` cannot open the file (e.g.
     ``"pyav"`` for GIF or AV1 files that decord's bundled FFmpeg cannot read).
 
     Raises :class:`VideoDecodeError` for any unreadable file; :class:`ConfigError` for an
     unknown or uninstalled backend or an option the backend does not take.
     """
+    from pipeline.decode_auto import resolve_backend
+
+    backend = resolve_backend(backend)  # ``auto``: the decoder this process can load
     factory = _resolve_backend(backend)
     _check_options(backend, factory, kwargs)
     second = _resolve_backend(fallback) if fallback and fallback != backend else None

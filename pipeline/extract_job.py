@@ -7,13 +7,13 @@ and, once the job has run, records the shard list and merges the dead letters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import posixpath
 import shutil
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,9 +27,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline.config import ExtractConfig
 from pipeline.features import SOURCES_FILE
 from pipeline.job_lock import exclusive_folder
-from extractors.registry import build_extractor
 from pipeline.transforms import ExtractFeatures
-from pipeline.video_files import is_local, list_videos, normalise_dir, video_id_for
+from pipeline.video_files import NoVideosError, first_video, is_local, normalise_dir
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError, VidfuseError
 
@@ -52,6 +51,8 @@ class ExtractSummary:
     errors_path: str = ""
     reextracted: int = 0  # videos changed on disk since their rows were written, extracted again
     still_written: int = 0  # videos modified in the last seconds, left for a later run
+    launcher_seconds: float = 0.0  # the launcher's own work: before and after the workers' run
+    launcher_peak_rss: int = 0  # bytes, the launcher process's peak before the workers' run (Linux)
 
     def line(self) -> str:
         text = f"{self.total} videos: {self.done} done, {self.skipped} skipped (already extracted), {self.failed} failed"
@@ -204,13 +205,16 @@ def worker_torch_threads(options: PipelineOptions) -> int | None:
     slower than 1. The cores are shared out instead. None (torch's default) for the other
     modes and runners, which size their own machines.
     """
-    direct = options.view_as(DirectOptions)
-    runner = (options.view_as(StandardOptions).runner or "").lower()
-    if runner not in ("directrunner", "direct") or direct.direct_running_mode != "multi_processing":
+    if not local_worker_processes(options):
         return None
     cores = os.cpu_count() or 1
-    workers = direct.direct_num_workers or cores  # 0: one per core, as the runner reads it
+    workers = options.view_as(DirectOptions).direct_num_workers or cores  # 0: one per core, as the runner reads it
     return max(1, cores // workers)
+
+
+def local_worker_processes(options: PipelineOptions) -> bool:
+    """Whether the job's workers are processes this launcher starts (DirectRunner, ``multi_processing``)."""
+    return runs_locally(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:
@@ -220,12 +224,16 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]):
-    """Write (or check against the existing) manifest of one extractor's folder."""
+def _prepare_manifest(name: str, described: dict, settings: dict, out_dir: str, formats: Sequence[str],
+                      precision: str):
+    """Write (or check against the existing) manifest of one extractor's folder.
+
+    ``described``: the extractor's manifest fields from its config and weights file, without
+    building the model (``extractors.registry.describe_extractor``). A precision other than
+    fp32 is part of the folder's identity (``extra.precision``): its rows differ in the last bits.
+    """
     from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
 
-    described = extractor.describe()
-    settings = config_to_dict(extractor.config)
     manifest = Manifest(
         name=name,
         kind="video",
@@ -238,6 +246,7 @@ def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]
         config_hash=config_hash(settings),
         versions=library_versions(),
         formats=list(formats),
+        extra={} if precision == "fp32" else {"precision": precision},
     )
     existing = read_manifest(out_dir)
     if existing is not None:
@@ -252,29 +261,38 @@ def _prepare_manifest(name: str, extractor, out_dir: str, formats: Sequence[str]
     return manifest
 
 
-def _warn_uncaptionable(paths: Sequence[str], video_dir: str) -> None:
-    """Video ids no caption file can name are extracted, but said at once (renaming the files
-    before extraction is cheaper than after)."""
-    from pipeline.captions import captionable
+def _read_notes(prefix: str) -> list[dict]:
+    """What the workers noted for the launcher (see ``pipeline.done_set``)."""
+    notes = []
+    for meta in FileSystems.match([prefix + "*"])[0].metadata_list:
+        with FileSystems.open(meta.path) as handle:
+            notes += [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+    return notes
 
-    bad = [vid for vid in (video_id_for(p, video_dir) for p in paths) if not captionable(vid)]
+
+def _refuse_if_noted(notes: Sequence[dict]) -> None:
+    """A damaged shard or an id in two shards: the folder is refused (the job wrote nothing)."""
+    from pipeline.shards import ShardError, duplicate_ids_error
+
+    refusals = sorted(n["message"] for n in notes if n["kind"] == "refusal")
+    if refusals:
+        raise ShardError(refusals[0] + (f" (and {len(refusals) - 1} more problem(s))" if len(refusals) > 1 else ""))
+    duplicates: dict[str, list[str]] = {}
+    for note in notes:
+        if note["kind"] == "duplicate":
+            duplicates.setdefault(note["folder"], []).append(note["detail"])
+    for folder, details in sorted(duplicates.items()):
+        raise duplicate_ids_error(folder, sorted(details))
+
+
+def _warn_uncaptionable(notes: Sequence[dict]) -> None:
+    """Video ids no caption file can name are extracted, but said (renaming the files is
+    cheaper than re-extracting after)."""
+    bad = sorted(n["video_id"] for n in notes if n["kind"] == "uncaptionable")
     if bad:
         shown = ", ".join(repr(v) for v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         log.warning("%d video id(s) contain '#' or whitespace, which caption files cannot name (caption ids are "
                     "'<video id>#<n>'): %s; rename those files to train or benchmark on them", len(bad), shown)
-
-
-def _duplicate_ids(paths: Sequence[str], video_dir: str) -> dict[str, str]:
-    """Paths whose video id another file already has (``a.mp4`` and ``a.avi``): path -> reason."""
-    seen: dict[str, str] = {}
-    rejected = {}
-    for path in paths:
-        vid = video_id_for(path, video_dir)
-        if vid in seen:
-            rejected[path] = f"video id {vid!r} is already taken by {seen[vid]}"
-        else:
-            seen[vid] = path
-    return rejected
 
 
 def _remove_tree(folder: str) -> None:
@@ -319,6 +337,20 @@ def _remove_temp_files(folder: str) -> None:
 DEAD_LETTER_KEYS = ("path", "video_id", "extractor", "reason")
 
 
+def parse_dead_letter(line: bytes | str) -> dict | None:
+    """One line of a dead-letter file as its record (None for a blank line); anything else is
+    a VidfuseError (the callers name the file and line)."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)  # UnicodeDecodeError is a ValueError too
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or any(key not in record for key in DEAD_LETTER_KEYS):
+        raise VidfuseError("not an extraction error record")
+    return record
+
+
 def read_dead_letters(path: str) -> list[dict]:
     """The records of a dead-letter file (errors.jsonl, or one run's part of it); a line that
     is not such a record is an error naming the file and line."""
@@ -326,47 +358,35 @@ def read_dead_letters(path: str) -> list[dict]:
         lines = handle.read().splitlines()
     records = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)  # UnicodeDecodeError is a ValueError too
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or any(key not in record for key in DEAD_LETTER_KEYS):
-            raise VidfuseError(f"{path} line {number}: not an extraction error record")
-        records.append(record)
+            record = parse_dead_letter(line)
+        except VidfuseError as exc:
+            raise VidfuseError(f"{path} line {number}: {exc}") from None
+        if record is not None:
+            records.append(record)
     return records
 
 
-def _merge_dead_letters(
-    out_dir: str, prefix: str, present: dict[str, set[str]], rejected: dict[str, str]
-) -> tuple[str, int]:
-    """Fold this run's dead letters into errors.jsonl; drop entries that have since succeeded.
+def _merge_dead_letters(out_dir: str, prefix: str) -> str:
+    """Replace errors.jsonl by this run's dead-letter files: the earlier records the workers kept
+    (videos still not extracted, paths that lost their id to another file) and the new ones.
 
-    A path ``rejected`` for a duplicate id stays listed although its id is present: the row
-    holding that id came from the other file.
+    One record per (path, extractor), the latest; the launcher reads only failures, never the
+    corpus.
     """
     errors_path = posixpath.join(out_dir, ERRORS_FILE)
-    entries: dict[tuple[str, str], dict] = {}
-    if FileSystems.exists(errors_path):
-        for record in read_dead_letters(errors_path):
-            entries[(record["path"], record["extractor"])] = record
     parts = [m.path for m in FileSystems.match([prefix + "*"])[0].metadata_list]
-    new_failures = set()
+    entries: dict[tuple[str, str], dict] = {}
     for part in parts:
         for record in read_dead_letters(part):
-            entries[(record["path"], record["extractor"])] = record
-            new_failures.add(record["path"])
-    entries = {
-        key: rec
-        for key, rec in entries.items()
-        if rec["path"] in rejected or rec["video_id"] not in present.get(rec["extractor"], ())
-    }
+            key = (record["path"], record["extractor"])
+            if key not in entries or record.get("time", 0) >= entries[key].get("time", 0):
+                entries[key] = record
     records = sorted(entries.values(), key=lambda r: (r["path"], r["extractor"]))
     _write_atomic(errors_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
     if parts:
         FileSystems.delete(parts)
-    return errors_path, len(new_failures)
+    return errors_path
 
 
 def _record_source(out_dir: str, video_dir: str) -> None:
@@ -382,79 +402,135 @@ def _record_source(out_dir: str, video_dir: str) -> None:
         _write_atomic(path, json.dumps(sources, indent=2).encode("utf-8"))
 
 
-class _ProgressPoller:
-    """Shows videos done / total and the rate, read from the complete shards on disk.
+def _peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (0 where unknown)."""
+    try:
+        import resource
 
-    Reading the output (rather than worker callbacks) works the same on every runner.
-    """
-
-    def __init__(self, out_dirs: dict[str, str], before: dict[str, int], total: int, enabled: bool):
-        self.out_dirs, self.before, self.total, self.enabled = out_dirs, before, total, enabled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        if self.enabled and self.total:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _count(self) -> int:
-        from pipeline.shards import existing_ids
-
-        added = [len(existing_ids(d)) - self.before[n] for n, d in self.out_dirs.items()]
-        return max(0, min(added))
-
-    def _run(self) -> None:
-        from tqdm import tqdm
-
-        with tqdm(total=self.total, desc="extract", unit="video", dynamic_ncols=True) as bar:
-            while not self._stop.wait(2.0):
-                try:
-                    bar.n = self._count()
-                    bar.refresh()
-                except Exception:  # shards appearing while we read; try again next tick
-                    continue
-            bar.n = self._count()
-            bar.refresh()
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return 0
 
 
-def _check_sources(paths, video_dir, rejected, out_dirs, manifests, done):
-    """Videos still being written are left out (warned); rows of videos changed since
-    their extraction are dropped so that this run extracts them again (``done`` updated).
+def _counters(result) -> dict[str, int]:
+    """The job's committed ``vidfuse`` counters, summed over steps (retried bundles count once)."""
+    from apache_beam.metrics.metric import MetricsFilter
 
-    Returns (paths to run, changed video ids, fresh video ids). Local folders only: a remote
-    listing would cost a metadata call per file here (the workers' MatchFiles has them).
-    """
-    from pipeline.fingerprints import changed_videos, drop_rows, fingerprint, recorded_sources, still_changing
+    from pipeline.done_set import METRICS_NAMESPACE
 
-    if not is_local(video_dir):
-        return paths, [], []
-    by_id = {video_id_for(p, video_dir): p for p in paths if p not in rejected}
-    current = {v: fingerprint(p) for v, p in by_id.items()}
-    fresh = still_changing({v: p for v, p in by_id.items() if current[v] is not None}, current)
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+@dataclass
+class PreparedJob:
+    """The launcher's part of a run: the Beam pipeline (not run yet) and what the merge needs."""
+
+    pipeline: beam.Pipeline
+    names: list[str]
+    out_dirs: dict[str, str]
+    manifests: dict
+    formats: list[str]
+    dead_dir: str
+    dead_prefix: str
+    notes_prefix: str
+
+
+def prepare_extraction(
+    video_dir: str,
+    out_dir: str,
+    config: ExtractConfig,
+    names: Sequence[str],
+    formats: Sequence[str],
+    beam_args: Sequence[str] = (),
+    device: str = "auto",
+    batch_videos: int = 8,
+) -> PreparedJob:
+    """Manifests written, leftovers of a killed run removed, the graph built: all the launcher
+    does before the workers run. Its cost does not grow with the corpus: it reads no shard, lists
+    no video (but one, to refuse an empty folder) and builds no model."""
+    from extractors.registry import describe_extractor, extractor_class
+    from pipeline.model_handlers import VideoModelHandler, units_per_video
+    from pipeline.transforms import ExtractorPlan
+
+    first_video(video_dir, config.decode.extensions)
+    out_dirs = {n: posixpath.join(out_dir, n) for n in names}
+    described = {n: describe_extractor(n, config.extractors[n]) for n in names}
+    precision = config.inference.precision
+    manifests = {
+        n: _prepare_manifest(n, described[n][1], config_to_dict(described[n][0]), out_dirs[n], formats, precision)
+        for n in names
+    }
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    dead_dir = posixpath.join(out_dir, DEAD_LETTERS_DIR)
+    _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
+    _remove_temp_files(out_dir)
+    errors_path = posixpath.join(out_dir, ERRORS_FILE)
+    options = beam_options(beam_args)
+    threads = worker_torch_threads(options)
+    plans = {}
+    for n in names:
+        settings, _ = described[n]
+        bare = dataclasses.replace(manifests[n], shards=[])  # the graph carries no shard list
+        plans[n] = ExtractorPlan(
+            out_dir=out_dirs[n],
+            sampling=settings.sampling,
+            transform=extractor_class(n).frame_transform_for(settings),
+            manifest=bare,
+            handler=VideoModelHandler(
+                n, config_to_dict(settings), device,
+                max_units=batch_videos * units_per_video(settings.sampling), precision=precision,
+                torch_threads=threads, model_copies=config.inference.model_copies,
+            ),
+        )
+    pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
+    _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
+        video_dir,
+        plans,
+        errors_path=errors_path if FileSystems.exists(errors_path) else None,
+        extensions=config.decode.extensions,
+        backend=config.decode.backend,
+        fallback=config.decode.fallback,
+        decode_device=config.decode.device,
+        formats=formats,
+        shard_size=config.output.shard_size,
+        dead_letter_prefix=posixpath.join(dead_dir, f"run-{run_id}"),
+        notes_prefix=posixpath.join(dead_dir, f"notes-{run_id}"),
+    )
+    return PreparedJob(pipeline, list(names), out_dirs, manifests, list(formats), dead_dir,
+                       posixpath.join(dead_dir, f"run-{run_id}"), posixpath.join(dead_dir, f"notes-{run_id}"))
+
+
+def _shown(ids: Sequence[str]) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
+
+
+def _replace_superseded(notes: Sequence[dict], out_dirs: dict[str, str], manifests: dict) -> None:
+    """After the run: drop the rows the workers found superseded (their video's file changed
+    since; the run extracted it again), from the shards the notes name only, so the new row
+    stays; and say which videos were left because their file is still being written."""
+    from pipeline.fingerprints import drop_rows
+    from pipeline.shards import shard_stem
+
+    fresh = sorted({n["video_id"] for n in notes if n["kind"] == "still_written"})
     if fresh:
         log.warning("%d video(s) still being written (size or time changed while looked at) are left for a "
-                    "later run: %s%s", len(fresh), ", ".join(fresh[:5]), " ..." if len(fresh) > 5 else "")
-        skip = set(fresh)
-        paths = [p for p in paths if p in rejected or video_id_for(p, video_dir) not in skip]
-        for v in fresh:
-            current.pop(v, None)
-    changed: set[str] = set()
-    for name, folder in out_dirs.items():
-        stale = changed_videos(recorded_sources(folder), {v: fp for v, fp in current.items() if v in done[name]})
-        if stale:
-            drop_rows(folder, stale, manifests[name])
-            done[name] -= set(stale)
-            changed.update(stale)
+                    "later run: %s", len(fresh), _shown(fresh))
+    stale: dict[str, dict[str, set[str]]] = {}
+    for note in notes:
+        if note["kind"] == "superseded":
+            by_shard = stale.setdefault(note["extractor"], {})
+            by_shard.setdefault(shard_stem(note["shard"]), set()).add(note["video_id"])
+    changed = sorted({v for by_shard in stale.values() for ids in by_shard.values() for v in ids})
     if changed:
-        log.warning("%d video(s) changed on disk since they were extracted: extracting them again: %s%s",
-                    len(changed), ", ".join(sorted(changed)[:5]), " ..." if len(changed) > 5 else "")
-    return paths, sorted(changed), fresh
+        log.warning("%d video(s) changed on disk since they were extracted: extracted them again: %s",
+                    len(changed), _shown(changed))
+    for name, by_shard in sorted(stale.items()):
+        drop_rows(out_dirs[name], by_shard, manifests[name])
 
 
 def run_extraction(
@@ -469,8 +545,10 @@ def run_extraction(
     progress: bool = True,
 ) -> ExtractSummary:
     """Extract features of every video under ``video_dir`` into ``out_dir/<extractor>/``."""
-    from pipeline.shards import existing_ids, list_shards, remove_incomplete_shards, shard_stem
+    from pipeline.beam_run import run_to_end
     from pipeline.manifest import write_manifest
+    from pipeline.progress import job_progress
+    from pipeline.shards import list_shards, shard_stem
 
     names = list(extractors or config.extractors.keys())
     missing = [n for n in names if n not in config.extractors]
@@ -479,75 +557,50 @@ def run_extraction(
             f"extractor(s) {missing} have no settings in the config (it defines {sorted(config.extractors)})"
         )
     formats = _check_formats(list(formats or config.output.formats))
-    options = beam_options(beam_args)
-    if runs_locally(options):  # remote workers have their own devices; local ones are this machine's
+    if runs_locally(beam_options(beam_args)):  # remote workers have their own devices; local ones are this machine's
         from extractors.base import resolve_device
 
         resolve_device(device)
-    paths = list_videos(video_dir, config.decode.extensions)
-    _warn_uncaptionable(paths, video_dir)
 
     with exclusive_folder(out_dir, "extract job"):
-        out_dirs = {n: posixpath.join(out_dir, n) for n in names}
-        built = {n: build_extractor(n, config.extractors[n], device="cpu") for n in names}
-        manifests = {n: _prepare_manifest(n, built[n], out_dirs[n], formats) for n in names}
-        for n in names:  # what a killed run left: temp files, shards missing a format twin
-            remove_incomplete_shards(out_dirs[n], formats)
-        done = {n: existing_ids(out_dirs[n]) for n in names}
-        rejected = _duplicate_ids(paths, video_dir)
-        paths, changed, fresh = _check_sources(paths, video_dir, rejected, out_dirs, manifests, done)
-        ids = [video_id_for(p, video_dir) for p in paths if p not in rejected]
-        pending = [v for v in ids if any(v not in done[n] for n in names)]
-        log.info("%d videos found, %d already extracted, %d to do", len(paths), len(ids) - len(pending), len(pending))
-
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        dead_dir = posixpath.join(out_dir, DEAD_LETTERS_DIR)
-        _remove_tree(dead_dir)  # unfinished files of a killed run; its videos are retried
-        _remove_temp_files(out_dir)
-        dead_prefix = posixpath.join(dead_dir, f"run-{run_id}")
-        pipeline = beam.Pipeline(runner=pipeline_runner(options), options=options)
-        _ = pipeline | "ExtractFeatures" >> ExtractFeatures(
-            video_dir,
-            out_dirs,
-            {n: config_to_dict(built[n].config) for n in names},
-            {n: built[n].config.sampling for n in names},
-            {n: manifests[n].hash() for n in names},
-            {n: done[n] | set(fresh) for n in names},  # the pipeline lists videos itself: skip those left for later
-            rejected=rejected,
-            extensions=config.decode.extensions,
-            backend=config.decode.backend,
-            fallback=config.decode.fallback,
-            formats=formats,
-            shard_size=config.output.shard_size,
-            batch_videos=batch_videos,
-            device=device,
-            dead_letter_prefix=dead_prefix,
-            torch_threads=worker_torch_threads(options),
-        )
-        del built  # the launcher's copies were for checking weights and describing; workers load their own
-        before = {n: len(done[n]) for n in names}
-        with _ProgressPoller(out_dirs, before, len(pending), progress):
-            result = pipeline.run()
-            result.wait_until_finish()
-
-        present = {n: existing_ids(out_dirs[n]) for n in names}
+        started = time.perf_counter()
+        job = prepare_extraction(video_dir, out_dir, config, names, formats, beam_args, device, batch_videos)
+        peak_rss = _peak_rss()
+        run_started = time.perf_counter()
+        with job_progress(progress):
+            result = run_to_end(job.pipeline, watch_workers=local_worker_processes(job.pipeline.options))
+        run_seconds = time.perf_counter() - run_started
+        counters = _counters(result)
+        notes = _read_notes(job.notes_prefix)
+        if any(n["kind"] in ("refusal", "duplicate") for n in notes):
+            _remove_tree(job.dead_dir)
+            _refuse_if_noted(notes)
+        _warn_uncaptionable(notes)
+        _replace_superseded(notes, job.out_dirs, job.manifests)
+        if not counters.get("videos_found"):  # listed by the workers; the launcher saw one video
+            _remove_tree(job.dead_dir)
+            raise NoVideosError(f"no videos found under {video_dir} (the job's workers listed none)")
+        log.info("%d videos found, %d already extracted, %d to do (as the workers listed them)",
+                 counters.get("videos_found", 0), counters.get("videos_skipped", 0), counters.get("videos_pending", 0))
         for n in names:
-            manifests[n].shards = sorted(
-                {shard_stem(p) for f in formats for p in list_shards(out_dirs[n], f)}
+            job.manifests[n].shards = sorted(
+                {shard_stem(p) for f in formats for p in list_shards(job.out_dirs[n], f)}
             )
-            write_manifest(out_dirs[n], manifests[n])
-        errors_path, failed = _merge_dead_letters(out_dir, dead_prefix, present, rejected)
-        _remove_tree(dead_dir)
+            write_manifest(job.out_dirs[n], job.manifests[n])
+        errors_path = _merge_dead_letters(out_dir, job.dead_prefix)
+        _remove_tree(job.dead_dir)
         _record_source(out_dir, video_dir)
+        launcher_seconds = time.perf_counter() - started - run_seconds
 
-    complete = set.intersection(*(present[n] for n in names)) if names else set()
     return ExtractSummary(
-        total=len(paths) + len(fresh),
-        done=len(complete & set(pending)),
-        skipped=len(ids) - len(pending),
-        failed=failed,
-        rows_added={n: len(present[n]) - before[n] for n in names},
+        total=counters.get("videos_found", 0),
+        done=counters.get("videos_decoded", 0),
+        skipped=counters.get("videos_skipped", 0),
+        failed=counters.get("videos_failed", 0),
+        rows_added={n: counters.get(f"{n}_rows_written", 0) for n in names},
         errors_path=errors_path,
-        reextracted=len(changed),
-        still_written=len(fresh),
+        launcher_seconds=launcher_seconds,
+        launcher_peak_rss=peak_rss,
+        reextracted=counters.get("videos_reextracted", 0),
+        still_written=counters.get("videos_still_written", 0),
     )

@@ -1,16 +1,21 @@
 """Which extracted videos changed on disk since their rows were written, and replacing those rows.
 
 Every row the extraction writes records the (size, modification time in ns) of the file it
-was read from, taken just before decoding (``source_size``/``source_mtime_ns`` in the shards).
+was read from, as the job's listing saw it before decoding (``source_size``/``source_mtime_ns``
+in the shards).
 A rerun compares them with the files now listed: a video copied in while it was still being
 written, or replaced since, is re-extracted. Files modified in the last ``RECENT_S`` seconds
 are looked at again after ``SETTLE_S``: those still changing (a copy or a recording under way)
 are left for a later run; the others (a copy that just finished) are extracted.
 
+The comparison runs on the workers, where the done set is read (``pipeline.done_set``): a
+stale row sends its video back to the pending set and, after the run, the launcher drops it.
+
 Replacing rows: the stale rows' shards are rewritten without them (the other rows kept, in a
-new shard), and the changed videos go back to the pending set. The old shard is first renamed
-to a temp name (never read, removed by the next run) so that no moment holds a row twice: a
-job killed in between loses at most the kept rows of that shard, which the rerun extracts again.
+new shard). The old shard is first renamed to a temp name (never read, removed by the next run)
+so that no rewrite holds a kept row twice: a job killed in between loses at most the kept rows
+of that shard, which the rerun extracts again. A job killed after writing a video's new row but
+before dropping the old one leaves both; the next run finds the old one stale again and drops it.
 """
 
 from __future__ import annotations
@@ -62,29 +67,21 @@ def still_changing(paths: Mapping[str, str], current: Mapping[str, Fingerprint],
     return sorted(v for v in recent if fingerprint(paths[v]) != current[v])
 
 
-def recorded_sources(out_dir: str) -> dict[str, Fingerprint]:
-    """video id -> fingerprint recorded in the folder's complete shards (rows that have one)."""
-    from pipeline.shards import _complete_stems, open_shard
+def drop_rows(out_dir: str, video_ids: Sequence[str] | Mapping[str, Sequence[str]], manifest) -> int:
+    """Rewrite the shards of ``out_dir`` holding ``video_ids`` without those rows; returns rows dropped.
 
-    found, required, complete = _complete_stems(out_dir, None)
-    out: dict[str, Fingerprint] = {}
-    for stem in complete:
-        with open_shard(found[required[0]][stem]) as shard:
-            for video_id, (size, mtime) in zip(shard.ids(), shard.read_sources().tolist()):
-                if size >= 0 and mtime >= 0:
-                    out[video_id] = (size, mtime)
-    return out
-
-
-def drop_rows(out_dir: str, video_ids: Sequence[str], manifest) -> int:
-    """Rewrite the shards of ``out_dir`` holding ``video_ids`` without those rows; returns rows dropped."""
+    ``video_ids`` as {shard stem: ids} drops each id from the shard named only (the other rows
+    of that id, a newer extraction, stay)."""
     from pipeline.shards import (TEMP_PREFIX, TEMP_SUFFIX, FeatureRow, _complete_stems, new_shard_name, open_shard,
                                  write_shard)
 
-    doomed = set(video_ids)
     found, required, complete = _complete_stems(out_dir, manifest.formats)
+    everywhere = None if isinstance(video_ids, Mapping) else set(video_ids)
     dropped = 0
     for stem in complete:
+        doomed = everywhere if everywhere is not None else set(video_ids.get(stem, ()))
+        if not doomed:
+            continue
         with open_shard(found[required[0]][stem]) as shard:
             ids = shard.ids()
             if doomed.isdisjoint(ids):

@@ -74,10 +74,20 @@ def stop_workers() -> list[int]:
     if not lock_path:
         return []
     pids = leftover_writers(lock_path)
-    for pid in pids:
+    # Parents first: a shell (Beam starts each worker through ``sh -c``) whose child died before
+    # it prints "Killed", after the command's own last line.
+    for pid in sorted(pids, key=lambda pid: _parent(pid) in pids):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return pids
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])  # the field after the state
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _wait_for_leftovers(lock_path: str, path: str, what: str, wait_s: float) -> None:

@@ -491,30 +491,53 @@ def remove_incomplete_shards(out_dir: str, formats: Sequence[str] | None = None,
     return doomed
 
 
-def existing_ids(out_dir: str, formats: Sequence[str] | None = None) -> set[str]:
-    """Ids already present in complete shards (for resume); reads only the id column/dataset.
+def complete_shards(out_dir: str, formats: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+    """Every complete shard of a folder as its paths, one per required format (first: the
+    format its ids are read from), sorted by name."""
+    found, required, complete = _complete_stems(out_dir, formats)
+    return [tuple(found[fmt][stem] for fmt in required) for stem in complete]
 
-    A resume trusts these rows, so what it must not build on is refused (ShardError naming the
-    file): a shard that cannot be read, whose copy in another format is unreadable or holds
-    other rows, that was written under another manifest than the folder's, or an id that two
-    shards hold.
+
+def checked_ids(paths: Sequence[str], manifest) -> list[str]:
+    """The ids of one complete shard (``paths``: one per format), refused (ShardError naming the
+    file) when a resume must not build on it: unreadable, written under another manifest than
+    ``manifest`` (None: not checked), or a copy in another format unreadable or unlike it."""
+    return [video_id for video_id, _ in checked_rows(paths, manifest, sources=False)]
+
+
+def checked_rows(paths: Sequence[str], manifest, sources: bool = True) -> list[tuple[str, tuple[int, int] | None]]:
+    """(id, recorded source fingerprint or None) per row of one complete shard, checked as
+    :func:`checked_ids` says; ``sources=False`` reads the id column only."""
+    with open_shard(paths[0]) as shard:
+        if manifest is not None:
+            check_header(shard, manifest)
+        check_twins(shard, list(paths[1:]))
+        ids = shard.ids()
+        if not sources:
+            return [(video_id, None) for video_id in ids]
+        recorded = shard.read_sources().tolist()
+    return [(v, (size, mtime) if size >= 0 and mtime >= 0 else None) for v, (size, mtime) in zip(ids, recorded)]
+
+
+def existing_ids(out_dir: str, formats: Sequence[str] | None = None) -> set[str]:
+    """Ids already present in complete shards; reads only the id column/dataset.
+
+    What a resume must not build on is refused (ShardError naming the file): see
+    :func:`checked_ids`, and an id that two shards hold. (The extraction job reads the same
+    on its workers: ``pipeline.done_set``.)
     """
     from pipeline.manifest import read_manifest
 
-    found, required, complete = _complete_stems(out_dir, formats)
-    manifest = read_manifest(out_dir) if complete else None
+    shards = complete_shards(out_dir, formats)
+    manifest = read_manifest(out_dir) if shards else None
     owner: dict[str, str] = {}
     duplicates: list[str] = []
-    for stem in complete:
-        with open_shard(found[required[0]][stem]) as shard:
-            if manifest is not None:
-                check_header(shard, manifest)
-            check_twins(shard, [found[fmt][stem] for fmt in required[1:]])
-            for video_id in shard.ids():
-                if video_id in owner:
-                    duplicates.append(f"{video_id!r} ({_basename(owner[video_id])} and {_basename(shard.path)})")
-                else:
-                    owner[video_id] = shard.path
+    for paths in shards:
+        for video_id in checked_ids(paths, manifest):
+            if video_id in owner:
+                duplicates.append(f"{video_id!r} ({_basename(owner[video_id])} and {_basename(paths[0])})")
+            else:
+                owner[video_id] = paths[0]
     if duplicates:
         raise duplicate_ids_error(out_dir, duplicates)
     return set(owner)

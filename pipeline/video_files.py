@@ -109,6 +109,27 @@ def list_videos(video_dir: str, extensions: Sequence[str]) -> list[str]:
     return paths
 
 
+def first_video(video_dir: str, extensions: Sequence[str]) -> str:
+    """Some video path under ``video_dir``: the launcher's check that the folder is worth a job.
+
+    It stops at the first video (the workers list the rest, :class:`pipeline.transforms.MatchVideos`),
+    so its cost does not grow with the folder. A missing folder, or one without a video, is a
+    NoVideosError naming it.
+    """
+    if is_local(video_dir):
+        if not os.path.isdir(video_dir):
+            raise NoVideosError(f"video folder not found: {video_dir}")
+        listed: Iterator[str] = walk_local_files(normalise_dir(video_dir))
+    else:
+        listed = (m.path for m in FileSystems.match([video_glob(video_dir)])[0].metadata_list)
+    found = next((p for p in listed if has_video_extension(p, extensions)), None)
+    if found is None:
+        raise NoVideosError(
+            f"no videos found under {video_dir} (looked recursively for {', '.join(extensions)})"
+        )
+    return found
+
+
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
     """A local path for ``path``: itself when local, else a temporary download via FileSystems.

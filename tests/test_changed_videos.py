@@ -19,6 +19,7 @@ import pytest
 from extract_helpers import IN_PROCESS, leftover_files, make_synth, read_rows, tiny_config
 from pipeline.extract_job import run_extraction
 from pipeline.fingerprints import changed_videos, recently_modified
+from pipeline.shards import ShardError
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,33 @@ def test_a_video_rewritten_after_extraction_is_extracted_again(synth, tmp_path, 
         assert np.array_equal(rows[c], before[c])
     assert leftover_files(out) == []
     assert _extract(videos, out).reextracted == 0  # nothing changed since
+
+
+def test_a_run_killed_before_dropping_the_old_rows_drops_them_next_time(synth, tmp_path, monkeypatch):
+    """The workers write a changed video's new row; the launcher drops the old one after the run.
+    Killed in between, the folder holds both: the next run drops the stale one, refusing nothing."""
+    import pipeline.extract_job as extract_job
+
+    videos = tmp_path / "videos"
+    shutil.copytree(synth.videos_dir, videos)
+    out = tmp_path / "out"
+    _extract(videos, out)
+    before = read_rows(out / "clip", "parquet").features
+    a, b, _ = synth.video_ids
+    shutil.copyfile(videos / f"{b}.mp4", videos / f"{a}.mp4")
+    _age(videos / f"{a}.mp4")
+    with monkeypatch.context() as patched:
+        patched.setattr(extract_job, "_replace_superseded", lambda *args: None)  # killed right there
+        assert _extract(videos, out).reextracted == 1
+    with pytest.raises(ShardError, match="more than one shard"):
+        read_rows(out / "clip", "parquet")  # both rows of a are there now
+    again = _extract(videos, out)
+    assert again.reextracted == 0 and again.done == 0 and again.skipped == 3, again
+    for fmt in ("parquet", "hdf5"):
+        rows = read_rows(out / "clip", fmt).features
+        assert sorted(rows) == sorted(synth.video_ids)
+        assert np.array_equal(rows[a], before[b])
+    assert leftover_files(out) == []
 
 
 def test_a_file_still_being_written_is_left_for_a_later_run(synth, tmp_path, caplog):
