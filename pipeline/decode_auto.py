@@ -35,8 +35,11 @@ def resolve_backend(name: str) -> str:
         return name
     from pipeline.decode import available_backends
 
-    why = "the package is not installed" if "torchcodec" not in available_backends() else _torchcodec_loads()
+    installed = "torchcodec" in available_backends()
+    why = _torchcodec_loads() if installed else "the package is not installed"
     if why is None:
         return "torchcodec"
-    log.warning("decode.backend auto: torchcodec is not usable here (%s); decoding with pyav", why)
+    # not installed is a choice (it is an optional extra): info; installed but broken: a warning
+    log.log(logging.WARNING if installed else logging.INFO,
+            "decode.backend auto: torchcodec is not usable here (%s); decoding with pyav", why)
     return "pyav"
