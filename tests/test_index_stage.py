@@ -261,11 +261,12 @@ def test_benchmark_streamed_in_video_chunks_equals_the_one_chunk_benchmark(stage
     exact scores, twice per caption chunk) holds one chunk at a time, and the report is the same.
     (DLLFA's re-rank reads only the candidates of one caption batch, by row.)"""
     import pipeline.training_set as training_set
-    from index.benchmark import run_benchmark
     from index.encoded_videos import EncodedVideos
 
     index = built_index(stage_data, runs[head])
-    whole = run_benchmark(str(runs[head]), str(index), str(tmp_path / "whole"), device="cpu", ties="average")
+    common = ("--run", runs[head], "--index", index, "--device", "cpu", "--ties", "average")
+    assert cli("benchmark", *common, "--out", tmp_path / "whole") == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
 
     read, seen, load, chunks = [], [], training_set.load_video_bank, EncodedVideos.chunks
     monkeypatch.setattr(training_set, "load_video_bank", lambda d, names, ids: read.append(len(ids)) or load(d, names, ids))
@@ -277,8 +278,8 @@ def test_benchmark_streamed_in_video_chunks_equals_the_one_chunk_benchmark(stage
             yield first, chunk
 
     monkeypatch.setattr(EncodedVideos, "chunks", counted_chunks)
-    streamed = run_benchmark(str(runs[head]), str(index), str(tmp_path / "streamed"), device="cpu", ties="average",
-                             chunk_size=5)
+    assert cli("benchmark", *common, "--out", tmp_path / "streamed", "--chunk-size", "5") == 0
+    streamed = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
     assert read == [5, 5, 2]  # each video read and encoded once, 5 at a time
     assert seen and max(seen) == 5 and sum(seen) % 12 == 0  # every pass over the videos: chunk by chunk
     assert not list((tmp_path / "streamed").glob(".encoded-*"))  # the chunks on disk are removed
