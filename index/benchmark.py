@@ -206,6 +206,8 @@ def run_benchmark(
     text_emb = encode_bank(head, texts, "text")
     with torch.no_grad():
         t_query = head.query_embedding(text_emb).float().cpu().numpy()
+    if exact_index:
+        del text_emb  # the query embeddings are all its scores need
     chunk = chunk_size or (DEFAULT_CHUNK if exact_index else FULL_EMBEDDING_CHUNK)
     score_rows = max(1, min(4096, SCORE_CHUNK_BYTES // (4 * max(n_vid, 1))))
     k = max(1, min(k, n_vid))
