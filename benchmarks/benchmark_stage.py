@@ -6,8 +6,8 @@ caption feature, N test captions spread over the test videos. A LAFF head with o
 ``--dim`` (its index embedding is ``--dim``-d) is trained for one epoch on the train videos,
 an IVF-SQ8 index of the test videos is built (small, so the benchmark's own memory shows),
 then the benchmark runs in a fresh child process for each video chunk size: the default
-(50,000 videos at a time, kept on disk beside the report) and M (one chunk: all M x dim
-index embeddings in memory, what the benchmark held before it streamed). Each child reports
+(50,000 videos at a time, kept on disk beside the report) and M (one chunk: every video
+read and encoded at once, all M x dim embeddings in memory). Each child reports
 its peak RSS (VmHWM), wall and CPU time, the load average, and its metrics, which must agree.
 
     nice -n 10 python benchmarks/benchmark_stage.py --captions 10000 --videos 200000 --dim 1024
