@@ -354,6 +354,8 @@ def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float,
         t = time.perf_counter()
         exact.add(x)
         exact_s += time.perf_counter() - t
+        print(f"    added {s + x.shape[0]:,} of {n:,} ({time.process_time() - cpu0:.0f} CPU s, "
+              f"load avg {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)  # how far a stopped run got
     build_cpu = time.process_time() - cpu0
     _, truth = exact.result()
     tuning = tune_search(index, queries, truth, k=10, target=target)
@@ -380,10 +382,11 @@ def section_e(spec: str, nq: int = 1000, chunk: int = 50_000, target: float = 0.
             cmd = ["nice", "-n", "10" if n >= 10_000_000 else "5", sys.executable, os.path.abspath(__file__), "--_scale-child",
                    json.dumps([n, d, budget, nq, chunk, target, os.path.join(tmp, "index")])]
             t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            sys.stdout.flush()
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its progress lines go to stderr
             if out.returncode:
                 print(f"  {n:,} x {d} under {budget}: FAILED after {time.perf_counter() - t0:.0f} s "
-                      f"(exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+                      f"(exit {out.returncode}; its error is on stderr above)")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
         finally:

@@ -6,7 +6,7 @@ Used by validation, ``vidfuse index`` (video index embeddings), ``vidfuse benchm
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -92,7 +92,6 @@ def similarity_matrix(head: RetrievalHead, text_bank: FeatureBank, video_bank: F
     return embedding_similarity(head, text_emb, video_emb, batch_size)
 
 
-@torch.no_grad()
 def rerank_scores(head: RetrievalHead, text_bank: FeatureBank, video_bank: FeatureBank, candidates: np.ndarray,
                   text_idx: Optional[np.ndarray] = None, batch_size: int = 256,
                   device: Optional[torch.device | str] = None) -> np.ndarray:
@@ -101,19 +100,32 @@ def rerank_scores(head: RetrievalHead, text_bank: FeatureBank, video_bank: Featu
     Stage 2 of DLLFA retrieval (FAISS top-K on v_g, then re-rank by s). Only the candidate
     videos of one text chunk are encoded at a time.
     """
-    candidates = np.asarray(candidates, dtype=np.int64)
     text_idx = np.arange(len(text_bank)) if text_idx is None else np.asarray(text_idx, dtype=np.int64)
-    if candidates.ndim != 2 or candidates.shape[0] != len(text_idx):
-        raise ValueError(f"candidates must be [{len(text_idx)}, K], got shape {list(candidates.shape)}")
+    return rerank_encoded(
+        head, len(text_idx), lambda s, e: encode_bank(head, text_bank, "text", text_idx[s:e], batch_size, device),
+        lambda rows: encode_bank(head, video_bank, "video", rows, batch_size, device), candidates, batch_size,
+        device)
+
+
+@torch.no_grad()
+def rerank_encoded(head: RetrievalHead, n_texts: int, text_rows: Callable[[int, int], Embedding],
+                   video_rows: Callable[[np.ndarray], Embedding], candidates: np.ndarray, batch_size: int = 256,
+                   device: Optional[torch.device | str] = None) -> np.ndarray:
+    """:func:`rerank_scores` from embeddings however they are kept: ``text_rows(start, stop)``
+    gives texts [start, stop), ``video_rows(sorted unique positions)`` those videos (the
+    benchmark reads them from its chunked store of encoded videos instead of encoding again)."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if candidates.ndim != 2 or candidates.shape[0] != n_texts:
+        raise ValueError(f"candidates must be [{n_texts}, K], got shape {list(candidates.shape)}")
     out = np.empty(candidates.shape, np.float32)
     was_training = head.training
     head.eval()
     try:
-        for s in range(0, len(text_idx), batch_size):
+        for s in range(0, n_texts, batch_size):
             cand = candidates[s : s + batch_size]
             uniq, local = np.unique(cand, return_inverse=True)
-            video_emb = encode_bank(head, video_bank, "video", uniq, batch_size, device)
-            text_emb = encode_bank(head, text_bank, "text", text_idx[s : s + batch_size], batch_size, device)
+            video_emb = video_rows(uniq)
+            text_emb = text_rows(s, min(n_texts, s + batch_size))
             dev = _device(head, device)
             local_t = torch.from_numpy(local.reshape(cand.shape)).to(dev)
             out[s : s + batch_size] = _np(head.pair_scores(text_emb, video_emb, local_t))

@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from typing import Sequence
 
 import numpy as np
 
-from index.metrics import DEFAULT_KS, OFFICIAL, TIES, inner_product_rows, t2v_v2t_metrics
+from index.encoded_videos import ChunkedScoreRows, EncodedVideos
+from index.metrics import DEFAULT_KS, OFFICIAL, TIES, t2v_v2t_metrics
 from index.report import markdown_table, recall_plot, remove_temp_files, write_metrics_json, write_text
-from index.run_index import Run, encoded_chunks, load_index_for_run, rerank_hits
+from index.run_index import DEFAULT_CHUNK, Run, load_index_for_run, run_video_bank, score_hits, video_id_chunks
 from pipeline.job_lock import exclusive_folder
 from vidfuse.errors import VidfuseError
 
@@ -117,6 +119,33 @@ def _update_report(out_dir: str, name: str, result: dict, ranks: dict) -> None:
 CHANCE = "chance"
 QUERY_CHUNK = 4096  # captions searched through the index at a time
 SCORE_CHUNK_BYTES = 256 << 20  # one block of exact caption x video scores
+FULL_EMBEDDING_CHUNK = 5_000  # DLLFA videos at a time: 2 x frames x dim floats each (245 MB at 12 x 512)
+INDEX_KEY = "index_embedding"  # the stored videos' index embedding, beside a re-ranking head's full one
+
+
+def _encode_for_benchmark(head, bank, exact_index: bool) -> dict:
+    """What the benchmark keeps of a chunk of videos: the index embedding, and for a head whose
+    index is not its full score (DLLFA) the structured embedding that score needs."""
+    import torch
+
+    from fusion.encode import encode_bank, encode_videos
+
+    if exact_index:
+        return {INDEX_KEY: encode_videos(head, bank)}
+    emb = encode_bank(head, bank, "video")
+    with torch.no_grad():
+        return {**emb, INDEX_KEY: head.index_embedding(emb).float()}
+
+
+def _full_scores(head, text_emb: dict, start: int, stop: int, chunk: dict) -> np.ndarray:
+    """The head's full score of captions [start, stop) with one stored chunk of videos."""
+    import torch
+
+    from fusion.encode import embedding_similarity
+    from fusion.heads import index_embeddings
+
+    return embedding_similarity(head, index_embeddings(text_emb, slice(start, stop)),
+                                {key: torch.from_numpy(value) for key, value in chunk.items()})
 
 
 def run_benchmark(
@@ -132,11 +161,16 @@ def run_benchmark(
     device: str = "auto",
     ties: str = "optimistic",
     subsets: dict[str, Sequence[str]] | None = None,
+    chunk_size: int | None = None,
 ) -> dict:
     """Evaluate a run through its index on one split; writes metrics.json, table.md, recall.png.
 
-    Videos are encoded chunk by chunk (only their index embeddings are kept, n x d floats),
-    exact scores are made 256 MB at a time, and captions go through the index 4096 at a time.
+    Videos are read and encoded ``chunk_size`` at a time (default 50,000; 5,000 for DLLFA,
+    whose full score keeps per-frame keys and values), once, and kept on disk beside the
+    report while there is more than one chunk (see :mod:`index.encoded_videos`); exact scores
+    are made 256 MB of captions x videos at a time, one video chunk after the other; captions
+    go through the index 4096 at a time. Memory: the index, the caption side (features and
+    query embeddings), one video chunk and one block of scores, never the n x d videos.
     ``device``: where the FAISS index searches (auto: the GPU when FAISS has one).
     ``ties``: how tied scores rank (see :mod:`index.metrics`); recorded in every report.
     """
@@ -145,8 +179,9 @@ def run_benchmark(
     import torch
 
     from fusion.checkpoint import check_banks
-    from fusion.encode import embedding_similarity, encode_bank
-    from pipeline.training_set import Corpus, head_features, load_text_bank, load_video_bank, without_failed_videos
+    from fusion.encode import encode_bank, rerank_encoded
+    from fusion.heads import index_embeddings
+    from pipeline.training_set import Corpus, head_features, load_text_bank, without_failed_videos
 
     run = Run.load(run_dir)
     index = load_index_for_run(index_dir, run, device)
@@ -167,62 +202,60 @@ def run_benchmark(
     head = run.head
     exact_index = bool(getattr(head, "exact_index", True))
     n_vid = len(index.ids)
-    if exact_index:
-        # videos read and encoded a chunk at a time: only their index embeddings are kept
-        check_banks(run.info, texts=texts, vocab_size=vocab_size)
-        videos = None
-        v_index = None
-        for emb, ids in encoded_chunks(run, features_dir, index.ids):
-            if v_index is None:
-                v_index = np.empty((n_vid, emb.shape[1]), np.float32)
-            v_index[position[ids[0]]:position[ids[0]] + len(ids)] = emb
-        text_emb = encode_bank(head, texts, "text")
-    else:  # DLLFA's full score needs every video's features
-        videos, _ = load_video_bank(features_dir, video_names, index.ids)
-        check_banks(run.info, videos=videos, texts=texts, vocab_size=vocab_size)
-        video_emb = encode_bank(head, videos, "video")
-        text_emb = encode_bank(head, texts, "text")
-        with torch.no_grad():
-            v_index = head.index_embedding(video_emb).float().cpu().numpy()
+    check_banks(run.info, texts=texts, vocab_size=vocab_size)
+    text_emb = encode_bank(head, texts, "text")
     with torch.no_grad():
         t_query = head.query_embedding(text_emb).float().cpu().numpy()
-    stage1_rows = inner_product_rows(t_query, v_index)
-    full = stage1_rows if exact_index else embedding_similarity(head, text_emb, video_emb)
+    if exact_index:
+        del text_emb  # the query embeddings are all its scores need
+    chunk = chunk_size or (DEFAULT_CHUNK if exact_index else FULL_EMBEDDING_CHUNK)
     score_rows = max(1, min(4096, SCORE_CHUNK_BYTES // (4 * max(n_vid, 1))))
-    exact, ranks = t2v_v2t_metrics(full, targets, ties=ties, num_videos=n_vid, return_ranks=True, chunk_size=score_rows)
-
     k = max(1, min(k, n_vid))
     cand_scores = np.empty((len(queries), k), np.float32)
     cand_pos = np.empty((len(queries), k), np.int64)
     for s in range(0, len(queries), QUERY_CHUNK):
         cand_scores[s:s + QUERY_CHUNK], cand_pos[s:s + QUERY_CHUNK] = index.search_positions(t_query[s:s + QUERY_CHUNK], k)
-    result = {
-        "run": run.path, "index": os.path.abspath(index_dir), "head": run.config.head.type,
-        "split": split, "num_videos": len(index.ids), "num_captions": len(queries), "left_out_videos": sorted(left_out),
-        "ties": ties, "factory": index.meta.get("factory"), "index_device": index.device,
-        "search_params": index.meta.get("search_params", {}), "exact": exact,
-    }
-    t2v_ranks = {ties: ranks["t2v"]}
-    if ties != "optimistic":  # what the sort-order-free optimistic count would have given, beside it
-        optimistic, opt_ranks = t2v_v2t_metrics(full, targets, ties="optimistic", num_videos=n_vid,
-                                                return_ranks=True, chunk_size=score_rows)
-        result["optimistic_t2v"], t2v_ranks["optimistic"] = optimistic["t2v"], opt_ranks["t2v"]
+    log.info("benchmark: %d captions against %d videos, videos encoded %d at a time", len(queries), n_vid, chunk)
+    with EncodedVideos(out_dir if "://" not in out_dir else tempfile.gettempdir()) as videos:
+        # each chunk of videos read and encoded once; every pass below reads one chunk at a time
+        for part in video_id_chunks(index.ids, chunk):
+            videos.add(_encode_for_benchmark(head, run_video_bank(run, features_dir, part), exact_index))
+        stage1_rows = ChunkedScoreRows(len(queries), videos, lambda s, e, c: t_query[s:e] @ c[INDEX_KEY].T, [INDEX_KEY])
+        full = stage1_rows if exact_index else ChunkedScoreRows(
+            len(queries), videos, lambda s, e, c: _full_scores(head, text_emb, s, e, c),
+            [key for key in videos.keys if key != INDEX_KEY])
+        exact, ranks = t2v_v2t_metrics(full, targets, ties=ties, num_videos=n_vid, return_ranks=True,
+                                       chunk_size=score_rows)
+        result = {
+            "run": run.path, "index": os.path.abspath(index_dir), "head": run.config.head.type,
+            "split": split, "num_videos": len(index.ids), "num_captions": len(queries),
+            "left_out_videos": sorted(left_out), "ties": ties, "factory": index.meta.get("factory"),
+            "index_device": index.device, "search_params": index.meta.get("search_params", {}), "exact": exact,
+        }
+        t2v_ranks = {ties: ranks["t2v"]}
+        if ties != "optimistic":  # what the sort-order-free optimistic count would have given, beside it
+            optimistic, opt_ranks = t2v_v2t_metrics(full, targets, ties="optimistic", num_videos=n_vid,
+                                                    return_ranks=True, chunk_size=score_rows)
+            result["optimistic_t2v"], t2v_ranks["optimistic"] = optimistic["t2v"], opt_ranks["t2v"]
+        via_ranks = candidate_ranks(cand_scores, cand_pos, targets, ties)
+        via_index = {"k": k, "t2v": recall_from_ranks(via_ranks, DEFAULT_KS, k)}
+        if not exact_index:
+            # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.
+            stage1 = t2v_v2t_metrics(stage1_rows, targets, ties=ties, num_videos=n_vid, chunk_size=score_rows)
+            full_keys = full.keys
+            reranked = score_hits(cand_pos, lambda found: rerank_encoded(
+                head, len(queries), lambda s, e: index_embeddings(text_emb, slice(s, e)),
+                lambda rows: videos.take(rows, full_keys), found))
+            via_index["stage1_t2v"] = via_index.pop("t2v")
+            via_ranks = candidate_ranks(reranked, cand_pos, targets, ties)
+            via_index["t2v"] = recall_from_ranks(via_ranks, DEFAULT_KS, k)
+            result["exact_stage1"] = stage1
     for subset, caption_ids in (subsets or {}).items():
         wanted = set(caption_ids)
         mask = np.fromiter((c.caption_id in wanted for c in queries), dtype=bool, count=len(queries))
         result.setdefault("subsets", {})[subset] = {"captions": int(mask.sum()), **{
             ("t2v" if mode == ties else f"{mode}_t2v"): recall_from_ranks(r[mask], DEFAULT_KS, max(DEFAULT_KS))
             for mode, r in t2v_ranks.items()}}
-    via_ranks = candidate_ranks(cand_scores, cand_pos, targets, ties)
-    via_index = {"k": k, "t2v": recall_from_ranks(via_ranks, DEFAULT_KS, k)}
-    if not exact_index:
-        # DLLFA: stage 1 ranks by s_temp (= the index); stage 2 re-ranks the k by the full score.
-        stage1 = t2v_v2t_metrics(stage1_rows, targets, ties=ties, num_videos=n_vid, chunk_size=score_rows)
-        reranked = rerank_hits(head, texts, videos, cand_pos)
-        via_index["stage1_t2v"] = via_index.pop("t2v")
-        via_ranks = candidate_ranks(reranked, cand_pos, targets, ties)
-        via_index["t2v"] = recall_from_ranks(via_ranks, DEFAULT_KS, k)
-        result["exact_stage1"] = stage1
     ranks["via_index"] = via_ranks
     result["chance"] = chance_metrics(n_vid, targets)
     via_index["recall_lost"] = {key: exact["t2v"][key] - value for key, value in via_index["t2v"].items()}

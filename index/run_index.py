@@ -107,26 +107,37 @@ def split_video_ids(run: Run, features_dir: str, split: str, captions: str | Non
     return sorted(present)
 
 
-def encode_run_videos(run: Run, features_dir: str, video_ids: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Index embeddings of ``video_ids`` (rows in that order)."""
+def run_video_bank(run: Run, features_dir: str, video_ids: Sequence[str]):
+    """The head's video features of ``video_ids`` (rows in that order), checked against the run."""
     from fusion.checkpoint import check_banks
-    from fusion.encode import encode_videos
     from pipeline.training_set import head_features, load_video_bank
 
     bank, _ = load_video_bank(features_dir, head_features(run.config.head)[0], list(video_ids))
     check_banks(run.info, videos=bank)
-    return encode_videos(run.head, bank, batch_size=batch_size)
+    return bank
+
+
+def encode_run_videos(run: Run, features_dir: str, video_ids: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Index embeddings of ``video_ids`` (rows in that order)."""
+    from fusion.encode import encode_videos
+
+    return encode_videos(run.head, run_video_bank(run, features_dir, video_ids), batch_size=batch_size)
 
 
 DEFAULT_CHUNK = 50_000  # videos read and encoded at a time: 800 MB of 4096-d embeddings at most
 TUNE_QUERIES = 1000
 
 
+def video_id_chunks(video_ids: Sequence[str], chunk_size: int = DEFAULT_CHUNK) -> Iterator[list[str]]:
+    """``video_ids`` in consecutive chunks of ``chunk_size``: the unit every streaming pass reads."""
+    for start in range(0, len(video_ids), chunk_size):
+        yield list(video_ids[start:start + chunk_size])
+
+
 def encoded_chunks(run: Run, features_dir: str, video_ids: Sequence[str],
                    chunk_size: int = DEFAULT_CHUNK) -> Iterator[tuple[np.ndarray, list[str]]]:
     """(embeddings, ids) of ``video_ids`` a chunk at a time, read from the shards holding them."""
-    for start in range(0, len(video_ids), chunk_size):
-        part = list(video_ids[start:start + chunk_size])
+    for part in video_id_chunks(video_ids, chunk_size):
         yield encode_run_videos(run, features_dir, part), part
 
 
@@ -203,9 +214,14 @@ def rerank_hits(head, texts, videos, positions: np.ndarray) -> np.ndarray:
     """
     from fusion.encode import rerank_scores
 
+    return score_hits(positions, lambda found: rerank_scores(head, texts, videos, found))
+
+
+def score_hits(positions: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``score(positions)`` of index hits, -inf where FAISS found none (position -1)."""
     positions = np.asarray(positions)
     missing = positions < 0
-    scores = rerank_scores(head, texts, videos, np.where(missing, 0, positions))
+    scores = score(np.where(missing, 0, positions))
     scores[missing] = -np.inf
     return scores
 

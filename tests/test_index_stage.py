@@ -246,6 +246,49 @@ def test_benchmark_dllfa_reports_stage1_and_reranked_numbers(stage_data, runs, t
     assert m3["exact"] == m["exact"]
 
 
+def _numbers(tree) -> list:
+    """Every number of a metrics tree, in order (for comparing two reports within float tolerance)."""
+    if isinstance(tree, dict):
+        return [x for key in sorted(tree) for x in _numbers(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [x for item in tree for x in _numbers(item)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+@pytest.mark.parametrize("head", ["laff_ml", "dllfa"])
+def test_benchmark_streamed_in_video_chunks_equals_the_one_chunk_benchmark(stage_data, runs, tmp_path, monkeypatch, head):
+    """Chunks of 5 of the 12 test videos: every video read once, every pass over the videos (the
+    exact scores, twice per caption chunk) holds one chunk at a time, and the report is the same.
+    (DLLFA's re-rank reads only the candidates of one caption batch, by row.)"""
+    import pipeline.training_set as training_set
+    from index.encoded_videos import EncodedVideos
+
+    index = built_index(stage_data, runs[head])
+    common = ("--run", runs[head], "--index", index, "--device", "cpu", "--ties", "average")
+    assert cli("benchmark", *common, "--out", tmp_path / "whole") == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    read, seen, load, chunks = [], [], training_set.load_video_bank, EncodedVideos.chunks
+    monkeypatch.setattr(training_set, "load_video_bank", lambda d, names, ids: read.append(len(ids)) or load(d, names, ids))
+
+    def counted_chunks(self, keys=None):
+        assert self._spill is not None and all(kept is None for kept in self._kept)  # on disk, not in memory
+        for first, chunk in chunks(self, keys):
+            seen.append(len(next(iter(chunk.values()))))
+            yield first, chunk
+
+    monkeypatch.setattr(EncodedVideos, "chunks", counted_chunks)
+    assert cli("benchmark", *common, "--out", tmp_path / "streamed", "--chunk-size", "5") == 0
+    streamed = json.loads((tmp_path / "streamed" / "metrics.json").read_text())
+    assert read == [5, 5, 2]  # each video read and encoded once, 5 at a time
+    assert seen and max(seen) == 5 and sum(seen) % 12 == 0  # every pass over the videos: chunk by chunk
+    assert not list((tmp_path / "streamed").glob(".encoded-*"))  # the chunks on disk are removed
+    for key in ("exact", "via_index", "optimistic_t2v", "exact_stage1"):
+        assert (key in streamed) == (key in whole), key
+        if key in whole:
+            assert _numbers(streamed[key]) == pytest.approx(_numbers(whole[key]), abs=1e-9), key
+
+
 def test_two_runs_into_one_report_folder_give_a_two_row_table(stage_data, runs, tmp_path):
     report = tmp_path / "report"
     for name in ("laff_ml", "dllfa", "laff_ml"):  # a rerun replaces its row

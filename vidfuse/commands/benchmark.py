@@ -26,6 +26,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--features", default=None, help="features folder (default: the run's)")
     p.add_argument("--out", required=True, help="report folder: metrics.json, table.md, recall.png")
     p.add_argument("--k", type=positive_int, default=100, help="index search depth (DLLFA re-ranks these), default 100")
+    p.add_argument("--chunk-size", type=positive_int, default=None,
+                   help="videos read, encoded and scored at a time, kept on disk beside the report between passes "
+                        "(default 50000; 5000 for DLLFA, whose full score keeps per-frame keys)")
     p.add_argument("--name", default=None, help="row name in the table (default: the run folder's name)")
     p.add_argument("--device", default="auto", type=str.lower,
                    help="where the FAISS index searches: auto (the GPU when FAISS has one, the default), cpu, gpu or cuda")
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from index.benchmark import run_benchmark
 
     result = run_benchmark(args.run, args.index, args.out, args.captions, args.split, args.splits,
-                           args.features, args.k, args.name, args.device, args.ties)
+                           args.features, args.k, args.name, args.device, args.ties,
+                           chunk_size=args.chunk_size)
     with open(os.path.join(args.out, "table.md")) as handle:
         print(handle.read())
     lost = result["via_index"]["recall_lost"]
