@@ -164,7 +164,8 @@ def _positions(S: np.ndarray, mask: np.ndarray, irr_gt, irr_ge, ties: str, idx: 
     if ties in ("pessimistic", "average"):
         pos.append(np.take_along_axis(irr_ge, order, axis=1) + i)
     p = pos[0] if len(pos) == 1 else 0.5 * (pos[0] + pos[1])
-    ap = np.where(m_s, i / p, 0.0).sum(1) / m_s.sum(1)
+    # i / p only where an item is relevant: elsewhere p can be 0 (nothing above, nothing relevant yet)
+    ap = np.divide(i, p, out=np.zeros(p.shape), where=m_s).sum(1) / m_s.sum(1)
     return p[:, 0], ap
 
 
