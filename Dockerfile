@@ -35,7 +35,7 @@ COPY configs configs
 # libraries of the `ffmpeg` package above (decode.backend auto, decode.device cuda for NVDEC).
 # A regular (not editable) install, as users get.
 RUN pip install --index-url https://download.pytorch.org/whl/cu128 "torch==2.14.1" "torchvision==0.29.1" torchcodec \
- && pip install ".[gpu,serve]" "apache-beam[gcp]==${BEAM_VERSION}" \
+ && pip install ".[gpu,serve,onnx]" "apache-beam[gcp]==${BEAM_VERSION}" \
  && python -c "import torch; assert torch.version.cuda.startswith('12.'), torch.version.cuda"
 
 # Model weights are not baked in: mount a cache (or pass local paths in the config).

@@ -13,18 +13,14 @@ from typing import Any, Optional
 
 import torch
 
-from fusion.data import FRAMES_SUFFIX, MASK_SUFFIX, TOKENS, FeatureBank, feature_dims
+from fusion.data import MASK_SUFFIX, TOKENS, FeatureBank, feature_dims
+from fusion.dims import CheckpointError, check_dims, check_vocab  # noqa: F401  (re-exported)
 from fusion.factory import build_head
 from fusion.heads import RetrievalHead
 from vidfuse.config import merge_config
-from vidfuse.errors import VidfuseError
 
 CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
-
-
-class CheckpointError(VidfuseError):
-    """A run directory or checkpoint that is missing, unreadable or does not fit the data."""
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -84,23 +80,6 @@ def head_dims(head: RetrievalHead, video_dims: dict[str, int], text_dims: dict[s
     def used(keys, dims):
         return {k: dims[k] for k in keys if k in dims and not k.endswith(MASK_SUFFIX) and k != TOKENS}
     return used(head.video_inputs, video_dims), used(head.text_inputs, text_dims)
-
-
-def check_dims(expected: dict[str, int], actual: dict[str, int], side: str, source: str) -> None:
-    """Raise naming the feature and both dims when the data disagrees with a checkpoint."""
-    for name, dim in expected.items():
-        if name not in actual:
-            raise CheckpointError(f"{source} needs {side} feature {name!r} (dim {dim}); the data has {sorted(actual)}")
-        if int(actual[name]) != int(dim):
-            pretty = name.replace(FRAMES_SUFFIX, " (frames)")
-            raise CheckpointError(
-                f"{source} was trained with {side} feature {pretty!r} of dim {dim}, but the data has dim {actual[name]}"
-            )
-
-
-def check_vocab(expected: Optional[int], actual: Optional[int], source: str) -> None:
-    if expected is not None and actual is not None and int(expected) != int(actual):
-        raise CheckpointError(f"{source} was trained with a vocabulary of {expected} tokens, but the data has {actual}")
 
 
 def check_recipe(config: Any, source: str) -> None:

@@ -25,9 +25,7 @@ import torch
 
 from vidfuse.errors import VidfuseError
 
-FRAMES_SUFFIX = "@frames"
-MASK_SUFFIX = "@mask"
-TOKENS = "tokens"
+from fusion.keys import FRAMES_SUFFIX, LENGTHS_SUFFIX, MASK_SUFFIX, TOKENS  # noqa: F401  (re-exported)
 
 
 class DataError(VidfuseError):
@@ -203,8 +201,8 @@ def collate_texts(bank: FeatureBank, idx: np.ndarray, names: Optional[Iterable[s
         lengths = mask.sum(1)
         mask[:, 0] |= lengths == 0  # an empty caption reads as one padding token
         batch[TOKENS] = ids
-        batch[TOKENS + "@mask"] = mask
-        batch[TOKENS + "@lengths"] = lengths.clamp(min=1)
+        batch[TOKENS + MASK_SUFFIX] = mask
+        batch[TOKENS + LENGTHS_SUFFIX] = lengths.clamp(min=1)
     if names is not None:
         _check_present(names, batch, "text")
     return batch

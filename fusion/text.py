@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fusion.config import GruConfig
 from fusion.data import TOKENS
+from fusion.keys import LENGTHS_SUFFIX
 from vidfuse.errors import ConfigError
 
 GRU_FEATURE = "gru"
@@ -45,8 +46,11 @@ class GruEncoder(nn.Module):
         with torch.no_grad():
             self.embed.weight.copy_(torch.from_numpy(matrix))
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``lengths`` None: every token is real (one unpadded query, as the ONNX export runs it)."""
         x = self.embed(tokens)
+        if lengths is None:
+            return self.rnn(x)[0].mean(1)
         lengths = lengths.clamp(min=1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
@@ -82,7 +86,7 @@ class TextInputs(nn.Module):
         feats = {}
         for name in self.names:
             if name == GRU_FEATURE:
-                feats[name] = self.gru(batch[TOKENS], batch[TOKENS + "@lengths"])
+                feats[name] = self.gru(batch[TOKENS], batch.get(TOKENS + LENGTHS_SUFFIX))
             else:
                 feats[name] = batch[name]
         return feats

@@ -679,7 +679,7 @@ class VideoIndex:
                         f"{META_FILE} says {size} of dim {cpu_index.d}")
             cpu_index.ntotal = sum(int(p.ntotal) for p in shards)  # the check below: every row
         try:
-            table = pq.read_table(paths[IDS_FILE])
+            table = pq.ParquetFile(paths[IDS_FILE]).read()  # one file: no dataset layer to import
         except (OSError, pa.ArrowException) as e:
             raise IndexStoreError(f"{paths[IDS_FILE]} is not a readable parquet file: {e}") from e
         if ID_COLUMN not in table.column_names:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from index import query_onnx
 from index.faiss_index import IDS_FILE, INDEX_FILE, META_FILE, IndexStoreError, VideoIndex, sample_positions
 from pipeline.training_set import RUN_SOURCES
 from vidfuse.errors import VidfuseError
@@ -263,6 +264,7 @@ def build_index(
         ids = [v for v in ids if v not in known]
         if not ids:
             log.info("index %s already holds every video of %s", out_dir, split)
+            query_onnx.write(run, out_dir)  # refreshed: the run may have been retrained to the same weights
             return existing, 0
     log.info("encoding %d videos with the %s head, %d at a time", len(ids), run.config.head.type, chunk_size)
     if existing is not None:
@@ -287,6 +289,7 @@ def build_index(
         )
         index.meta["extra"]["exact_search"] = index.meta["factory"] == "Flat"
     index.save(out_dir)
+    query_onnx.write(run, out_dir)
     return index, len(ids)
 
 

@@ -1,19 +1,25 @@
-"""Interactive retrieval: text queries against a run's index (DLLFA: index top-K, re-ranked)."""
+"""Interactive retrieval: text queries against a run's index (DLLFA: index top-K, re-ranked).
+
+Two ways to encode a query, with the same hits: the run's head in torch (:class:`Searcher`,
+which ``vidfuse serve`` uses for what the head computed on the way), and the head's text side
+exported beside the index (:class:`ExportedSearcher`, :mod:`index.query_onnx`), which needs no
+torch and so starts in a fraction of the time. :func:`open_searcher` picks one.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from index.run_index import Run, load_index_for_run, rerank_hits
 from pipeline.features import SOURCES_FILE
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,39 +30,11 @@ class Hit:
     path: str | None
 
 
-class Searcher:
-    """Run, index and text encoders loaded once; each query then costs one encode + one search."""
+class _Hits:
+    """What both searchers share: the index, where the videos are, and hits from index rows."""
 
-    def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100,
-                 index_device: str | None = None):
-        """``device``: the query encoder's (auto, cpu, cuda, cuda:N; gpu means cuda), and by default
-        the index's too (a GPU index when FAISS has GPU support); ``index_device`` overrides it."""
-        from fusion.checkpoint import check_banks
-        from pipeline.features import read_feature_manifest
-        from pipeline.query_encoder import QueryEncoder
-        from pipeline.text_job import text_feature_dir
-        from pipeline.training_set import LEARNED_TEXT_FEATURES, head_features
-
-        from index.faiss_index import normalize_device
-
-        self.run = Run.load(run_dir)
-        self.index = load_index_for_run(index_dir, self.run, normalize_device(index_device or device))
-        self.features_dir = self.run.source("features", features_dir or self.index.meta.get("extra", {}).get("features"))
-        video_names, text_names = head_features(self.run.config.head)
-        for name in text_names:  # queries are encoded by what each folder's manifest describes: check it
-            if name not in LEARNED_TEXT_FEATURES:
-                read_feature_manifest(text_feature_dir(self.features_dir, name), f"text/{name}")
-        self.queries = QueryEncoder(self.features_dir, text_names, "cuda" if str(device).lower() == "gpu" else device)
-        self.rerank_k = rerank_k
-        self.videos = None
-        if not getattr(self.run.head, "exact_index", True):
-            from pipeline.training_set import load_video_bank
-
-            self.videos, _ = load_video_bank(self.features_dir, video_names, self.index.ids)
-        # features of other dims than the run trained on: say so now, not as a shape error per query
-        check_banks(self.run.info, videos=self.videos, texts=self.queries.bank(["a"]),
-                    vocab_size=self.queries.vocab_size)
-        self.video_dirs = self._video_dirs()
+    index: object  # index.faiss_index.VideoIndex
+    features_dir: str
 
     def _video_dirs(self) -> list[str]:
         path = os.path.join(self.features_dir, SOURCES_FILE)
@@ -69,12 +47,50 @@ class Searcher:
                 return found[0]
         return None
 
+    def hit(self, rank: int, position: int, score: float) -> Hit:
+        video_id = self.index.ids[int(position)]
+        return Hit(rank, video_id, float(score), self.video_path(video_id))
+
+
+class Searcher(_Hits):
+    """Run, index and text encoders loaded once; each query then costs one encode + one search."""
+
+    def __init__(self, run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu", rerank_k: int = 100,
+                 index_device: str | None = None):
+        """``device``: the query encoder's (auto, cpu, cuda, cuda:N; gpu means cuda), and by default
+        the index's too (a GPU index when FAISS has GPU support); ``index_device`` overrides it."""
+        from fusion.checkpoint import check_banks
+        from index.faiss_index import normalize_device
+        from index.run_index import Run, load_index_for_run
+        from pipeline.query_encoder import QueryEncoder
+        from pipeline.training_set import head_features
+
+        self.run = Run.load(run_dir)
+        self.index = load_index_for_run(index_dir, self.run, normalize_device(index_device or device))
+        self.features_dir = self.run.source("features", features_dir or self.index.meta.get("extra", {}).get("features"))
+        video_names, text_names = head_features(self.run.config.head)
+        check_text_manifests(self.features_dir, text_names)
+        self.queries = QueryEncoder(self.features_dir, text_names, "cuda" if str(device).lower() == "gpu" else device)
+        self.rerank_k = rerank_k
+        self.videos = None
+        if not getattr(self.run.head, "exact_index", True):
+            from pipeline.training_set import load_video_bank
+
+            self.videos, _ = load_video_bank(self.features_dir, video_names, self.index.ids)
+        # features of other dims than the run trained on: say so now, not as a shape error per query
+        check_banks(self.run.info, videos=self.videos, texts=self.queries.bank(["a"]),
+                    vocab_size=self.queries.vocab_size)
+        self.video_dirs = self._video_dirs()
+
     def search(self, text: str, k: int = 10) -> list[Hit]:
         return self.query(text, k).hits
 
     def query(self, text: str, k: int = 10) -> "Query":
         """The hits of one query, with what the head computed on the way (``vidfuse serve`` shows it)."""
+        import torch
+
         from fusion.encode import encode_bank
+        from index.run_index import rerank_hits
 
         bank = self.queries.bank([text])
         with torch.no_grad():
@@ -91,11 +107,78 @@ class Searcher:
         for rank, (score, pos, gist) in enumerate(zip(scores[0][:k], positions[0][:k], first[0][:k]), 1):
             if pos < 0:
                 break
-            video_id = self.index.ids[int(pos)]
-            found.hits.append(Hit(rank, video_id, float(score), self.video_path(video_id)))
+            found.hits.append(self.hit(rank, pos, score))
             found.positions.append(int(pos))
             found.first_stage.append(float(gist))
         return found
+
+
+class ExportedSearcher(_Hits):
+    """The index and its exported query encoder (see :mod:`index.query_onnx`): no torch, no head."""
+
+    def __init__(self, index, encoder, features_dir: str | None = None):
+        from pipeline.query_encoder import QueryEncoder
+
+        self.index = index
+        self.encoder = encoder
+        self.features_dir = features_dir or index.meta.get("extra", {}).get("features")
+        check_text_manifests(self.features_dir, encoder.text_features)
+        self.queries = QueryEncoder(self.features_dir, encoder.text_features, "cpu")
+        dims = {name: int(v.shape[1]) for name, v in self.queries.vectors(["a"]).items()}
+        encoder.check_inputs(dims, self.queries.vocab_size, encoder.record["run"])
+        self.video_dirs = self._video_dirs()
+
+    def search(self, text: str, k: int = 10) -> list[Hit]:
+        query = self.encoder.embed(self.queries.vectors([text]), self.queries.tokens([text]))
+        scores, positions = self.index.search_positions(query, min(len(self.index), k))
+        return [self.hit(rank, pos, score) for rank, (score, pos) in enumerate(zip(scores[0], positions[0]), 1)
+                if pos >= 0]
+
+
+def check_text_manifests(features_dir: str, text_names: Sequence[str]) -> None:
+    """Queries are encoded by what each text folder's manifest describes: check those first."""
+    from pipeline.features import read_feature_manifest
+    from pipeline.text_features import LEARNED_TEXT_FEATURES, text_feature_dir
+
+    for name in text_names:
+        if name not in LEARNED_TEXT_FEATURES:
+            read_feature_manifest(text_feature_dir(features_dir, name), f"text/{name}")
+
+
+def open_searcher(run_dir: str, index_dir: str, features_dir: str | None = None, device: str = "cpu",
+                  query_encoder: str = "auto") -> Searcher | ExportedSearcher:
+    """The searcher for ``vidfuse search``: with ``query_encoder`` ``auto`` or ``onnx``, the
+    exported query encoder where the index has one that fits the run as it is now and the
+    device is the CPU; with ``torch``, or where there is none, the run's head.
+
+    ``onnx`` refuses, saying why, where ``auto`` would fall back to torch."""
+    from index.query_onnx import META_FILE, QueryEncoderError, load
+
+    why = None
+    if query_encoder == "torch":
+        return Searcher(run_dir, index_dir, features_dir, device)
+    if device != "cpu":
+        why = f"the query encoder runs on {device}, and the exported one on the CPU only"
+    else:
+        from index.faiss_index import IndexStoreError, VideoIndex
+
+        try:
+            index = VideoIndex.load(index_dir, device="cpu")
+        except IndexStoreError as exc:
+            index, why = None, str(exc)
+        if index is not None:
+            encoder, why = load(index_dir, run_dir, index.meta)
+            if encoder is not None:
+                log.debug("queries encoded by the exported query encoder of %s (no torch)", index_dir)
+                return ExportedSearcher(index, encoder, features_dir)
+    if query_encoder == "onnx":
+        raise QueryEncoderError(f"--query-encoder onnx: {why}; `vidfuse index` writes one for heads that need no torch")
+    if device == "cpu" and os.path.isfile(os.path.join(index_dir, META_FILE)):  # one there, but unusable: say so
+        log.warning("queries encoded with torch (slower to start): %s; `vidfuse index --run %s --out %s --add` "
+                    "writes a current one", why, run_dir, index_dir)
+    else:
+        log.debug("queries encoded with torch: %s", why)
+    return Searcher(run_dir, index_dir, features_dir, device)
 
 
 @dataclass

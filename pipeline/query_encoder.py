@@ -1,12 +1,19 @@
-"""Free text -> the text-side inputs of a trained head (for ``vidfuse search``)."""
+"""Free text -> the text-side inputs of a trained head (for ``vidfuse search``).
+
+Torch-free: the torch path wraps the arrays in a ``FeatureBank``, the exported (ONNX) path
+feeds them to onnxruntime as they are.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from fusion.data import FeatureBank
-from pipeline.text_job import encoder_from_manifest, text_feature_dir
-from pipeline.training_set import LEARNED_TEXT_FEATURES, gru_vocabulary
+import numpy as np
+
+from pipeline.text_features import LEARNED_TEXT_FEATURES, encoder_from_manifest, gru_vocabulary, text_feature_dir
+
+if TYPE_CHECKING:
+    from fusion.data import FeatureBank
 
 
 class QueryEncoder:
@@ -24,8 +31,15 @@ class QueryEncoder:
             self.tokenizer = gru_vocabulary(features_dir)
             self.vocab_size = len(self.tokenizer)
 
-    def bank(self, texts: Sequence[str]) -> FeatureBank:
-        bank = FeatureBank(vectors={name: encode(list(texts)) for name, encode in self.encoders.items()})
-        if self.tokenizer is not None:
-            bank.tokens = self.tokenizer.token_ids(list(texts))
-        return bank
+    def vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``[N, D]`` of each stored text feature, as its encoder gives it."""
+        return {name: np.asarray(encode(list(texts))) for name, encode in self.encoders.items()}
+
+    def tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, offsets)`` of the GRU vocabulary, or None when the head reads no token ids."""
+        return None if self.tokenizer is None else self.tokenizer.token_ids(list(texts))
+
+    def bank(self, texts: Sequence[str]) -> "FeatureBank":
+        from fusion.data import FeatureBank
+
+        return FeatureBank(vectors=self.vectors(texts), tokens=self.tokens(texts))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.captions import Caption, iter_captions
 from pipeline.config import TEXT_ENCODERS, ExtractConfig
 from pipeline.job_lock import exclusive_folder
-from pipeline.manifest import MANIFEST_NAME, Manifest, check_compatible, library_versions, read_manifest, write_manifest
+from pipeline.manifest import Manifest, check_compatible, library_versions, read_manifest, write_manifest
 from pipeline.shards import (
     FeatureRow,
     SparseRows,
@@ -35,12 +35,12 @@ from pipeline.shards import (
     write_shard,
 )
 from pipeline.splits import find_split_files, read_split
+from pipeline.text_features import GRU_VOCAB_FILE, VOCAB_FILE, text_feature_dir
 from vidfuse.config import config_hash, config_to_dict
 from vidfuse.errors import ConfigError, VidfuseError
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "_vocab.json"  # "_": Arrow's dataset reader skips it beside the shards
 LEGACY_VOCAB_FILE = "vocab.json"  # folders written before
 
 
@@ -53,12 +53,7 @@ def vocab_path(bow_dir: str) -> str:
     return path if FileSystems.exists(path) or not FileSystems.exists(older) else older
 
 
-GRU_VOCAB_FILE = "_gru_vocab.json"  # extractors.text_gru's: written beside the bow vocabulary
 SPARSE = "sparse"  # manifest extra["storage"] of a bow folder whose shards hold CSR counts
-
-
-def text_feature_dir(features_dir: str, encoder: str) -> str:
-    return posixpath.join(features_dir, "text", encoder)
 
 
 def batches(captions: Iterable[Caption], size: int) -> Iterator[list[Caption]]:
@@ -174,32 +169,6 @@ def _save_vocabularies(vocab, min_count: int, train_counts: Mapping[str, int], o
 
     vocab.save(posixpath.join(out_dir, VOCAB_FILE))
     GruVocabulary.from_counts(train_counts, min_count).save(posixpath.join(out_dir, GRU_VOCAB_FILE))
-
-
-def encoder_from_manifest(folder: str, device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
-    """The encode function that wrote ``folder`` (a ``text/<encoder>`` feature set), for new text.
-
-    Queries typed at search time must be encoded exactly as the training captions were:
-    the same CLIP config, the same bow vocabulary, the same word vectors.
-    """
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise VidfuseError(f"no {MANIFEST_NAME} in {folder}: run `vidfuse extract-text` first")
-    name = manifest.name.split("/", 1)[-1]
-    if name == "clip":
-        from extractors.registry import build_extractor
-
-        return build_extractor("clip", manifest.config, device=device).encode_text
-    if name == "bow":
-        from extractors.text_bow import BowEncoder, BowVocabulary
-
-        return BowEncoder(BowVocabulary.load(posixpath.join(folder, manifest.extra.get("vocabulary", VOCAB_FILE)))).encode
-    if name == "w2v":
-        from extractors.text_w2v import W2VConfig, W2VEncoder
-
-        known = W2VConfig.__dataclass_fields__
-        return W2VEncoder.from_config(W2VConfig(**{k: v for k, v in manifest.config.items() if k in known})).encode
-    raise VidfuseError(f"{folder}: unknown text encoder {name!r}")
 
 
 def _encode_missing(

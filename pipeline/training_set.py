@@ -19,12 +19,12 @@ from pipeline.captions import Caption, read_captions
 from pipeline.features import FeatureSet, load_feature_set
 from pipeline.manifest import Manifest
 from pipeline.splits import find_split_files, read_split
-from pipeline.text_job import GRU_VOCAB_FILE, text_feature_dir, warn_overlong
+from pipeline.text_features import LEARNED_TEXT_FEATURES, gru_vocabulary, text_feature_dir
+from pipeline.text_job import warn_overlong
 from vidfuse.errors import VidfuseError
 
 log = logging.getLogger(__name__)
 
-LEARNED_TEXT_FEATURES = ("gru",)
 
 
 class TrainingSetError(VidfuseError):
@@ -99,20 +99,6 @@ def load_video_bank(features_dir: str, names: Sequence[str], video_ids: Sequence
     """Video features ``names`` of ``video_ids`` (in that order); missing videos are an error."""
     sets = {b: _open(posixpath.join(features_dir, b), "video", b, video_ids) for b in dict.fromkeys(_base(n) for n in names)}
     return _bank_from_sets(sets, names), {b: s.manifest for b, s in sets.items()}
-
-
-def gru_vocabulary(features_dir: str):
-    """The GRU vocabulary extract-text wrote beside the bow features (:mod:`extractors.text_gru`)."""
-    from extractors.text_gru import GruVocabulary
-
-    path = posixpath.join(text_feature_dir(features_dir, "bow"), GRU_VOCAB_FILE)
-    try:
-        return GruVocabulary.load(path)
-    except VidfuseError as exc:
-        raise TrainingSetError(
-            f"the 'gru' text feature needs the GRU vocabulary that `vidfuse extract-text --encoders bow` writes "
-            f"({exc}); features extracted by an earlier vidfuse lack it: extract the text features again"
-        ) from None
 
 
 def load_text_bank(

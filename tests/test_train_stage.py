@@ -217,7 +217,7 @@ def test_gru_reads_its_own_vocabulary_and_starts_from_word2vec(stage_data, tmp_p
     from pipeline.training_set import Corpus, build_train_data
     from vidfuse.config import load_config
 
-    from pipeline.text_job import GRU_VOCAB_FILE, VOCAB_FILE
+    from pipeline.text_features import GRU_VOCAB_FILE, VOCAB_FILE
 
     vocab = GruVocabulary.load(stage_data.features / "text" / "bow" / GRU_VOCAB_FILE)
     assert "a" in vocab.words and "a" not in json.loads((stage_data.features / "text" / "bow" / VOCAB_FILE)
