@@ -6,6 +6,7 @@ the only part of that path that needs torch.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Sequence
 
@@ -54,10 +55,12 @@ def export_query_embedding(head: RetrievalHead, text_dims: dict[str, int], path:
     keys = list(head.text_inputs)
     model = QueryEmbedding(head, keys).eval()
     example = tuple(torch.from_numpy(x) for x in example_inputs(keys, text_dims))
+    # torch 2.5+ defaults to (or offers) torch.export's exporter; earlier ones only have this one
+    choose = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on GRU batch sizes and its own deprecation
         torch.onnx.export(
             model, example, path, input_names=keys, output_names=["query"], opset_version=OPSET,
-            dynamic_axes={TOKENS: {1: "words"}} if TOKENS in keys else None, dynamo=False,
+            dynamic_axes={TOKENS: {1: "words"}} if TOKENS in keys else None, **choose,
         )
     return keys
