@@ -8,7 +8,7 @@ import time
 
 from vidfuse.commands.common import add_device_arg, positive_int
 
-QUERY_ENCODERS = ("auto", "onnx", "torch")  # index.search's, named here so that --help imports nothing
+QUERY_ENCODERS = ("auto", "onnx", "torch")  # what index.search.open_searcher takes (listed here: --help imports nothing)
 
 
 def register(subparsers, name: str, help_text: str) -> None:
