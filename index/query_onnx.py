@@ -81,8 +81,8 @@ def write(run, index_dir: str) -> bool:
     remove(index_dir)
     text_names = head_features(run.config.head)[1]
     why = not_exportable(run.head, text_names)
-    if why:
-        log.info("no torch-free query encoder for this index: %s", why)
+    if why:  # the usual case (heads that read CLIP text): nothing to tell the user
+        log.debug("no torch-free query encoder for this index: %s", why)
         return False
     if importlib.util.find_spec("onnx") is None:  # an optional extra: not having it is no fault
         log.info("no torch-free query encoder for this index: onnx is not installed (pip install 'vidfuse[onnx]')")
