@@ -40,7 +40,7 @@ class QueryEmbedding(nn.Module):
 
 
 def example_inputs(keys: Sequence[str], text_dims: dict[str, int], tokens: int = 5) -> list[np.ndarray]:
-    """Inputs of the right shapes and types for ``keys`` (the export traces them; tests reuse them)."""
+    """Inputs of the right shapes and types for ``keys``, for the exporter to trace."""
     rng = np.random.default_rng(0)
     return [rng.integers(4, 8, size=(1, tokens)).astype(np.int64) if key == TOKENS
             else rng.random((1, int(text_dims[key])), dtype=np.float32) for key in keys]

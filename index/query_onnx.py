@@ -63,6 +63,7 @@ def run_files(run_dir: str) -> dict[str, list[int] | None]:
 
 
 def remove(index_dir: str) -> None:
+    """Delete an index folder's export, if it has one."""
     for name in (META_FILE, MODEL_FILE):  # the record first: a model without one is never read
         try:
             os.unlink(os.path.join(index_dir, name))
@@ -180,4 +181,3 @@ def load(index_dir: str, run_dir: str, index_meta: dict) -> tuple[ExportedQueryE
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own classes for a damaged file)
         return None, f"{model} does not load ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})"
     return ExportedQueryEncoder(session, record), ""
-
