@@ -298,6 +298,19 @@ def _remove_stale_saves(out_dir: str) -> None:
             log.info("removed %s, left by an interrupted save", path)
 
 
+def read_meta(index_dir: str) -> dict:
+    """An index folder's meta.json alone (what it was built from), without reading the index."""
+    path = os.path.join(index_dir, META_FILE)
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise IndexStoreError(f"{path} is not valid index metadata: {e}") from e
+    return meta
+
+
 class VideoIndex:
     """A FAISS index plus the video id of every row and the metadata needed to trust it.
 
@@ -660,13 +673,7 @@ class VideoIndex:
         for f, p in paths.items():
             if not os.path.isfile(p):
                 raise IndexStoreError(f"index folder {index_dir} has no {f}")
-        try:
-            with open(paths[META_FILE]) as fh:
-                meta = json.load(fh)
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise IndexStoreError(f"{paths[META_FILE]} is not valid index metadata: {e}") from e
+        meta = read_meta(index_dir)
         cpu_index = _read_index(paths[INDEX_FILE])
         shards = None
         if meta.get("shards") is not None:

@@ -160,17 +160,15 @@ def open_searcher(run_dir: str, index_dir: str, features_dir: str | None = None,
     if device != "cpu":
         why = f"the query encoder runs on {device}, and the exported one on the CPU only"
     else:
-        from index.faiss_index import IndexStoreError, VideoIndex
+        from index.faiss_index import IndexStoreError, VideoIndex, read_meta
 
-        try:
-            index = VideoIndex.load(index_dir, device="cpu")
+        try:  # meta.json alone: where the torch path is taken, it loads the index itself (once)
+            encoder, why = load(index_dir, run_dir, read_meta(index_dir))
         except IndexStoreError as exc:
-            index, why = None, str(exc)
-        if index is not None:
-            encoder, why = load(index_dir, run_dir, index.meta)
-            if encoder is not None:
-                log.debug("queries encoded by the exported query encoder of %s (no torch)", index_dir)
-                return ExportedSearcher(index, encoder, features_dir)
+            encoder, why = None, str(exc)
+        if encoder is not None:
+            log.debug("queries encoded by the exported query encoder of %s (no torch)", index_dir)
+            return ExportedSearcher(VideoIndex.load(index_dir, device="cpu"), encoder, features_dir)
     if query_encoder == "onnx":
         raise QueryEncoderError(f"--query-encoder onnx: {why}; `vidfuse index` writes one for heads that need no torch")
     if device == "cpu" and os.path.isfile(os.path.join(index_dir, META_FILE)):  # one there, but unusable: say so
