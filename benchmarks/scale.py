@@ -380,7 +380,7 @@ def text_driver_main(args: argparse.Namespace) -> int:
     finally:
         if len(rows) >= 2:
             base = rows[0]
-            print(f"\n| captions | time (s) | CPU (s) | peak RSS (MiB) | time ratio | N ratio | RSS ratio | load |")
+            print("\n| captions | time (s) | CPU (s) | peak RSS (MiB) | time ratio | N ratio | RSS ratio | load |")
             print("|---:|---:|---:|---:|---:|---:|---:|---|")
             for r in rows:
                 print(f"| {r['n']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_rss'] / MiB:.0f} "

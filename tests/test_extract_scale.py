@@ -13,7 +13,6 @@ grow with the corpus, one model per worker process.
 from __future__ import annotations
 
 import gc
-import pickle
 import threading
 import time
 import tracemalloc
