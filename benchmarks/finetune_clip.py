@@ -72,8 +72,9 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     data = dataset(root, args.videos, 128)
-    print(f"CPU, tiny CLIP (vidfuse-tiny, 64 px), {len(data.train)} train videos x 8 frames, batch 8 videos:")
     cfg = load_config(ClipFtConfig, "tiny_clip_ft", common, kind="train")
+    print(f"CPU, tiny CLIP (vidfuse-tiny, 64 px), {len(data.train)} train videos x 8 frames, "
+          f"batch {cfg.batch_size} videos:")
     dec = decode_fps(cfg, data)
     fps = {w: train_fps(load_config(ClipFtConfig, "tiny_clip_ft", common + [f"num_workers={w}"], kind="train"),
                         data, root / f"cpu_w{w}") for w in (0, 1)}
