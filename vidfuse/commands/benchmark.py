@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
                            chunk_size=args.chunk_size)
     with open(os.path.join(args.out, "table.md")) as handle:
         print(handle.read())
-    lost = result["via_index"]["recall_lost"]
+    lost = result["via_index"]["recall_lost"]  # exact - via index: below 0 when a re-rank never sees a competitor
     print(f"through the index ({result['factory']}, k={result['via_index']['k']}): "
-          + ", ".join(f"{key} {result['via_index']['t2v'][key]:.1f} (lost {lost[key]:.1f})" for key in lost))
+          + ", ".join(f"{key} {result['via_index']['t2v'][key]:.1f} "
+                      f"({'lost' if lost[key] >= 0 else 'gained'} {abs(lost[key]):.1f})" for key in lost))
     print(f"report: {os.path.join(args.out, 'metrics.json')}, table.md, recall.png")
     return 0
