@@ -62,6 +62,21 @@ def test_streaming_build_equals_the_in_memory_build(factory):
         np.testing.assert_array_equal(p1, p2)
 
 
+@pytest.mark.parametrize("factory", ["PCA32,Flat", "PCAR32,Flat", "PCA32,IVF16,Flat"])
+def test_an_inner_product_pca_that_keeps_every_dim_ranks_as_exact_search(factory, tmp_path):
+    """PCA is a rotation here; centred, it would add -mean.x to each score and reorder them."""
+    assert np.linalg.norm(X.mean(0)) > 0.1  # the shift the test would catch is not negligible
+    flat = VideoIndex.build(X, IDS, device="cpu")
+    pca = VideoIndex.build(X, IDS, factory=factory, device="cpu", seed=3, nprobe=16 if "IVF" in factory else None)
+    pca.save(str(tmp_path / "pca"))
+    loaded = VideoIndex.load(str(tmp_path / "pca"))
+    s1, p1 = flat.search_positions(Q, 10)
+    for index in (pca, loaded):
+        s2, p2 = index.search_positions(Q, 10)
+        np.testing.assert_allclose(s2, s1, atol=1e-4)
+        assert knn_recall(p2, p1, 10) == 1.0
+
+
 def test_exact_top_k_over_chunks_equals_one_flat_search():
     exact = ExactTopK(Q, 7)
     for s in range(0, len(X), 500):
