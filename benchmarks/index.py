@@ -9,8 +9,11 @@
   (e) scale: 1M / 10M clustered vectors at 512 and 4096 dims (LAFF's index form), generated
       chunk by chunk, indexed under a memory budget (--max-index-memory's choice and tuning):
       build time, peak RSS, bytes on disk, recall@10 vs exact search, queries/s
+  (f) PCA under inner product: recall@10 of a PCA,Flat index against exact search, its PCA
+      trained as FAISS does (centred) and as VideoIndex does (uncentred), side by side
 
     python benchmarks/index.py --only e --scale 1M:512:4G,1M:4096:4G
+    python benchmarks/index.py --only f   # about 10 CPU-minutes at 100,000 x 4096
 
     python benchmarks/index.py            # full sizes (~5-10 min on 2 cores)
     python benchmarks/index.py --quick    # small sizes (~1 min)
@@ -403,10 +406,41 @@ def section_e(spec: str, nq: int = 1000, chunk: int = 50_000, target: float = 0.
         print("    " + json.dumps(r))
 
 
+def section_f(n: int, d: int, dims: int, nq: int, chunk: int = 50_000) -> None:
+    """Why VideoIndex trains an inner-product index's PCA uncentred (index.faiss_index)."""
+    from index.autoindex import ExactTopK, knn_recall
+
+    mix = Mixture(d, 256, seed=7, spread=1.0)  # the data of section (e)
+    factory = f"PCA{dims},Flat"
+    print(f"\n(f) {factory} under inner product, {n:,} x {d} ({mix.describe()}), recall@10 of "
+          f"{nq} held-out queries vs exact search; PCA trained on {min(n, 65_536):,} rows")
+    rows = min(n, 65_536)
+    sample = np.concatenate([mix.block(1, i, min(chunk, rows - s)) for i, s in enumerate(range(0, rows, chunk))])
+    centred = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    uncentred = VideoIndex.empty(d, factory, metric="ip", device="cpu")
+    for name, train in (("centred (faiss)", centred.train), ("uncentred (VideoIndex)", uncentred.train)):
+        t = time.perf_counter()
+        train(sample)
+        print(f"  trained {name} in {time.perf_counter() - t:.0f} s")
+    del sample
+    queries = mix.block(2, 0, nq)
+    exact = ExactTopK(queries, 10)
+    for i, s in enumerate(range(0, n, chunk)):
+        x = mix.block(0, i, min(chunk, n - s))
+        exact.add(x)
+        centred.add(x)
+        uncentred.add(x, [f"v{j}" for j in range(s, s + x.shape[0])])
+    _, truth = exact.result()
+    _, found_c = centred.search(queries, 10)
+    _, found_u = uncentred.search_positions(queries, 10)
+    rc, ru = knn_recall(found_c, truth, 10), knn_recall(found_u, truth, 10)
+    print(f"  recall@10: centred {rc:.3f}, uncentred {ru:.3f} (uncentred / centred {ru / rc:.2f}x)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, the scale runs, only by name)")
+    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e and f, the long ones, only by name)")
     ap.add_argument("--scale", default="1M:512:4G,1M:4096:4G,1M:4096:16G,10M:512:4G,10M:4096:16G",
                     help="section (e): N:DIM:BUDGET items, comma-separated")
     ap.add_argument("--_metrics-child", dest="child", default=None, help=argparse.SUPPRESS)
@@ -420,15 +454,17 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         sizes = dict(a=(20_000, 512, 500), b=(100_000, 512, 500, 256, 20_000, 50_000, 128),
-                     c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000))
+                     c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000),
+                     f=(20_000, 1024, 256, 200))
     else:
         sizes = dict(a=(100_000, 512, 1000), b=(1_000_000, 512, 1000, 1024, 100_000, 200_000, 256),
-                     c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,))
+                     c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,),
+                     f=(100_000, 4096, 1024, 1000))
     print(f"vidfuse index benchmarks ({'quick' if args.quick else 'full'}): faiss {faiss.__version__}, "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     for s in args.only:
-        {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e}[s](*sizes[s])
+        {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e, "f": section_f}[s](*sizes[s])
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
