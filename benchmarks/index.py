@@ -100,6 +100,10 @@ class Mixture:
         blk += z @ self.basis
         return normalize(blk)
 
+    def training_sample(self, rows: int, chunk: int) -> np.ndarray:
+        """The first ``rows`` of stream 1, generated ``chunk`` rows at a time."""
+        return np.concatenate([self.block(1, i, min(chunk, rows - s)) for i, s in enumerate(range(0, rows, chunk))])
+
     def describe(self) -> str:
         return (f"{len(self.c)} Gaussians in a {self.m}-dim subspace (spread {self.spread}) + "
                 f"isotropic noise {self.noise}, normalised")
@@ -338,7 +342,7 @@ def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float,
     cpu0 = time.process_time()
     index = budget_index(n, d, parse_memory(budget), device="cpu", seed=0)
     rows = auto_train_rows(index, n)
-    sample = np.concatenate([mix.block(1, i, min(chunk, rows - s)) for i, s in enumerate(range(0, rows, chunk))])
+    sample = mix.training_sample(rows, chunk)
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     index.train(sample)
@@ -408,14 +412,14 @@ def section_e(spec: str, nq: int = 1000, chunk: int = 50_000, target: float = 0.
 
 def section_f(n: int, d: int, dims: int, nq: int, chunk: int = 50_000) -> None:
     """Why VideoIndex trains an inner-product index's PCA uncentred (index.faiss_index)."""
-    from index.autoindex import ExactTopK, knn_recall
+    from index.autoindex import TRAIN_BYTES, ExactTopK, knn_recall
 
     mix = Mixture(d, 256, seed=7, spread=1.0)  # the data of section (e)
     factory = f"PCA{dims},Flat"
+    rows = min(n, TRAIN_BYTES // (4 * d))  # the sample --max-index-memory would train on
     print(f"\n(f) {factory} under inner product, {n:,} x {d} ({mix.describe()}), recall@10 of "
-          f"{nq} held-out queries vs exact search; PCA trained on {min(n, 65_536):,} rows")
-    rows = min(n, 65_536)
-    sample = np.concatenate([mix.block(1, i, min(chunk, rows - s)) for i, s in enumerate(range(0, rows, chunk))])
+          f"{nq} held-out queries vs exact search; PCA trained on {rows:,} rows")
+    sample = mix.training_sample(rows, chunk)
     centred = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     uncentred = VideoIndex.empty(d, factory, metric="ip", device="cpu")
     for name, train in (("centred (faiss)", centred.train), ("uncentred (VideoIndex)", uncentred.train)):
