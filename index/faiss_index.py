@@ -173,6 +173,27 @@ def _train_transforms_uncentred(index: faiss.Index, x: np.ndarray) -> None:
             xt = vt.apply(xt)
 
 
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """Turn off FAISS's polysemous training of PQ codes (``PQ<m>`` without ``np``).
+
+    It reorders each codebook so that Hamming distances between codes follow the real
+    ones, which only polysemous search (``polysemous_ht``) uses; vidfuse searches by
+    asymmetric distance, which the reordering does not change. It is also most of a PQ
+    index's training time here: 14 s against 1.1 s for ``IVF64,PQ16`` on 20,000 x 128, the
+    same search results either way.
+    """
+    stack: list[Any] = [index]
+    if isinstance(index, faiss.IndexPreTransform):
+        stack.append(faiss.downcast_index(index.index))
+    try:
+        stack.append(faiss.downcast_index(faiss.extract_index_ivf(index)))
+    except (RuntimeError, TypeError):
+        pass
+    for obj in stack:
+        if hasattr(obj, "do_polysemous_training"):
+            obj.do_polysemous_training = False
+
+
 def sample_positions(n: int, size: int, seed: int) -> np.ndarray:
     """Sorted positions of a seeded sample of ``size`` rows out of ``n`` (all when size >= n):
     the rows an index trains on, whether they come from one matrix or are read from shards."""
@@ -451,6 +472,7 @@ class VideoIndex:
             if resolve_device(self._wanted_device, "train") == "gpu":  # FAISS wiki recipe: k-means on GPU
                 ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
         log.info("training %s on %d rows", factory, x.shape[0])
+        _skip_polysemous_training(index)
         try:
             if self.meta["metric"] == "ip":
                 _train_transforms_uncentred(index, x)

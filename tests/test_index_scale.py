@@ -77,6 +77,24 @@ def test_an_inner_product_pca_that_keeps_every_dim_ranks_as_exact_search(factory
         assert knn_recall(p2, p1, 10) == 1.0
 
 
+def test_pq_codes_skip_polysemous_training_and_search_the_same(monkeypatch):
+    """Polysemous training reorders PQ codebooks for Hamming search, which vidfuse never runs:
+    skipping it (most of a PQ index's training time) must leave every search result as it was."""
+    import index.faiss_index as faiss_index
+
+    def ivf_of(index: VideoIndex):
+        return faiss.downcast_index(faiss.extract_index_ivf(index.cpu_index()))
+
+    skipped = VideoIndex.build(X, IDS, factory="IVF16,PQ8x4", device="cpu", seed=3, nprobe=16)
+    monkeypatch.setattr(faiss_index, "_skip_polysemous_training", lambda index: None)
+    polysemous = VideoIndex.build(X, IDS, factory="IVF16,PQ8x4", device="cpu", seed=3, nprobe=16)
+    assert [ivf_of(v).do_polysemous_training for v in (skipped, polysemous)] == [False, True]
+    s1, p1 = skipped.search_positions(Q, 10)
+    s2, p2 = polysemous.search_positions(Q, 10)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    np.testing.assert_array_equal(p1, p2)
+
+
 def test_exact_top_k_over_chunks_equals_one_flat_search():
     exact = ExactTopK(Q, 7)
     for s in range(0, len(X), 500):
