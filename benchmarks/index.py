@@ -11,9 +11,12 @@
       build time, peak RSS, bytes on disk, recall@10 vs exact search, queries/s
   (f) PCA under inner product: recall@10 of a PCA,Flat index against exact search, its PCA
       trained as FAISS does (centred) and as VideoIndex does (uncentred), side by side
+  (g) PQ training with FAISS's default polysemous training and without it (as VideoIndex
+      trains), side by side on one sample: time, and whether the searches agree
 
     python benchmarks/index.py --only e --scale 1M:512:4G,1M:4096:4G
     python benchmarks/index.py --only f   # about 10 CPU-minutes at 100,000 x 4096
+    python benchmarks/index.py --only g   # a few minutes
 
     python benchmarks/index.py            # full sizes (~5-10 min on 2 cores)
     python benchmarks/index.py --quick    # small sizes (~1 min)
@@ -441,10 +444,34 @@ def section_f(n: int, d: int, dims: int, nq: int, chunk: int = 50_000) -> None:
     print(f"  recall@10: centred {rc:.3f}, uncentred {ru:.3f} (uncentred / centred {ru / rc:.2f}x)")
 
 
+def section_g(n: int, d: int, nlist: int, m: int, nq: int) -> None:
+    """Why VideoIndex turns polysemous training off (index.faiss_index._skip_polysemous_training)."""
+    factory = f"IVF{nlist},PQ{m}"
+    mix = Mixture(d, 256, seed=7, spread=1.0)
+    x, queries = mix.block(0, 0, n), mix.block(2, 0, nq)
+    print(f"\n(g) {factory} on {n:,} x {d} ({mix.describe()}): training time, then the top-10 "
+          f"of {nq} queries at nprobe {min(nlist, 16)}")
+    found, times = {}, {}
+    for name, polysemous in (("polysemous (faiss default)", True), ("without (VideoIndex)", False)):
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = polysemous
+        t = time.perf_counter()
+        index.train(x)
+        times[name] = time.perf_counter() - t
+        index.add(x)
+        faiss.extract_index_ivf(index).nprobe = min(nlist, 16)
+        found[name] = index.search(queries, 10)
+        print(f"  {name}: trained in {times[name]:.1f} s")
+    (d1, i1), (d2, i2) = found.values()
+    slow, fast = times.values()
+    same = np.array_equal(i1, i2) and np.allclose(d1, d2, atol=1e-5)
+    print(f"  training {slow / fast:.1f}x faster without; same top-10 ids and scores: {same}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e and f, the long ones, only by name)")
+    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, f and g, the long ones, only by name)")
     ap.add_argument("--scale", default="1M:512:4G,1M:4096:4G,1M:4096:16G,10M:512:4G,10M:4096:16G",
                     help="section (e): N:DIM:BUDGET items, comma-separated")
     ap.add_argument("--_metrics-child", dest="child", default=None, help=argparse.SUPPRESS)
@@ -459,16 +486,17 @@ def main(argv=None) -> int:
     if args.quick:
         sizes = dict(a=(20_000, 512, 500), b=(100_000, 512, 500, 256, 20_000, 50_000, 128),
                      c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000),
-                     f=(20_000, 1024, 256, 200))
+                     f=(20_000, 1024, 256, 200), g=(20_000, 128, 64, 16, 200))
     else:
         sizes = dict(a=(100_000, 512, 1000), b=(1_000_000, 512, 1000, 1024, 100_000, 200_000, 256),
                      c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,),
-                     f=(100_000, 4096, 1024, 1000))
+                     f=(100_000, 4096, 1024, 1000), g=(100_000, 512, 1024, 64, 1000))
     print(f"vidfuse index benchmarks ({'quick' if args.quick else 'full'}): faiss {faiss.__version__}, "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     for s in args.only:
-        {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e, "f": section_f}[s](*sizes[s])
+        {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e, "f": section_f,
+         "g": section_g}[s](*sizes[s])
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
