@@ -95,6 +95,21 @@ def test_pq_codes_skip_polysemous_training_and_search_the_same(monkeypatch):
     np.testing.assert_array_equal(p1, p2)
 
 
+def test_a_recall_target_out_of_reach_keeps_the_smallest_nprobe_near_the_best_recall():
+    """Coarse PQ codes cap the recall; probing every list would buy little of it for much time."""
+    from index.autoindex import PLATEAU, tune_search
+
+    index = VideoIndex.build(X, IDS, factory="IVF16,PQ8x4", device="cpu", seed=3)
+    _, exact = VideoIndex.build(X, IDS, device="cpu").search_positions(Q, 10)
+    result = tune_search(index, Q, exact, k=10, target=1.0)
+    tried = result["tried"]
+    top = max(t["recall"] for t in tried)
+    assert [t["value"] for t in tried] == [1, 2, 4, 8, 16] and top < 1.0
+    kept = min(t["value"] for t in tried if t["recall"] >= top - PLATEAU)
+    assert result["value"] == kept < 16  # not simply the largest nprobe tried
+    assert index.meta["search_params"]["nprobe"] == kept
+
+
 def test_exact_top_k_over_chunks_equals_one_flat_search():
     exact = ExactTopK(Q, 7)
     for s in range(0, len(X), 500):
