@@ -198,10 +198,10 @@ def tune_search(index: VideoIndex, queries: np.ndarray, exact: np.ndarray, k: in
 
     ``exact``: exact top positions [nq, >= k(+1)] of ``queries``; ``own``: each query's own
     row when the queries are indexed vectors (left out, so the recall is that of the
-    neighbours, not of the query finding itself). When no value reaches the target, the codes
-    cap the recall, and more probes buy little of it for much time (10M x 512 with PQ256: 0.915
-    at nprobe 128, 0.923 at 1024 for an eighth of the queries/s): the smallest value within
-    ``PLATEAU`` of the best recall measured is kept, with a warning.
+    neighbours, not of the query finding itself). When no value reaches the target, something
+    else caps the recall (the codes, the lists), and more probes buy little of it for much time
+    (10M x 512 with PQ256: 0.915 at nprobe 128, 0.923 at 1024 for an eighth of the queries/s):
+    the smallest value within ``PLATEAU`` of the best recall measured is kept, with a warning.
     """
     depth = k + (own is not None)
     knob = _search_param(index)
