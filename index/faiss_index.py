@@ -124,25 +124,26 @@ def _check_ids(ids: Sequence[str], n: int, what: str) -> list[str]:
     return ids
 
 
+def _code_stages(index: faiss.Index) -> list[Any]:
+    """The index, the index behind its transforms and its IVF, downcast: where PQ codes live."""
+    stages: list[Any] = [index]
+    if isinstance(index, faiss.IndexPreTransform):
+        stages.append(faiss.downcast_index(index.index))
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        stages.append(faiss.downcast_index(ivf))
+    return stages
+
+
 def _min_train_rows(index: faiss.Index) -> int:
     """Fewest training rows the factory's k-means stages accept (IVF nlist, PQ 2**nbits)."""
-    need = 1
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except (RuntimeError, TypeError):
-        ivf = None
-    if ivf is not None:
-        need = max(need, int(ivf.nlist))
-    stack: list[Any] = [index]
-    if ivf is not None:
-        stack.append(faiss.downcast_index(ivf))
+    need = max(1, _centroids(index))
     if isinstance(index, faiss.IndexPreTransform):
-        stack.append(faiss.downcast_index(index.index))
         for i in range(index.chain.size()):
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
             if isinstance(vt, faiss.OPQMatrix):
                 need = max(need, 2 ** 8)
-    for obj in stack:
+    for obj in _code_stages(index):
         pq_ = getattr(obj, "pq", None)
         if pq_ is not None and hasattr(pq_, "nbits"):
             need = max(need, 2 ** int(pq_.nbits))
@@ -182,14 +183,7 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
     index's training time here: 14 s against 1.1 s for ``IVF64,PQ16`` on 20,000 x 128, the
     same search results either way.
     """
-    stack: list[Any] = [index]
-    if isinstance(index, faiss.IndexPreTransform):
-        stack.append(faiss.downcast_index(index.index))
-    try:
-        stack.append(faiss.downcast_index(faiss.extract_index_ivf(index)))
-    except (RuntimeError, TypeError):
-        pass
-    for obj in stack:
+    for obj in _code_stages(index):
         if hasattr(obj, "do_polysemous_training"):
             obj.do_polysemous_training = False
 
@@ -203,10 +197,8 @@ def sample_positions(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def _centroids(index: faiss.Index) -> int:
-    try:
-        return int(faiss.extract_index_ivf(index).nlist)
-    except (RuntimeError, TypeError):
-        return 0
+    ivf = _ivf_of(index)
+    return 0 if ivf is None else int(ivf.nlist)
 
 
 def resolve_device(device: str, what: str) -> str:
