@@ -13,10 +13,13 @@
       trained as FAISS does (centred) and as VideoIndex does (uncentred), side by side
   (g) PQ training with FAISS's default polysemous training and without it (as VideoIndex
       trains), side by side on one sample: time, and whether the searches agree
+  (h) codes of equal bytes per vector (PQ over more PCA dims, SQ8 over fewer) behind one IVF,
+      side by side on section (e)'s data: recall@10 vs exact search
 
     python benchmarks/index.py --only e --scale 1M:512:4G,1M:4096:4G
     python benchmarks/index.py --only f   # about 10 CPU-minutes at 100,000 x 4096
     python benchmarks/index.py --only g   # a few minutes
+    python benchmarks/index.py --only h   # about 15 min at 200,000 x 4096
 
     python benchmarks/index.py            # full sizes (~5-10 min on 2 cores)
     python benchmarks/index.py --quick    # small sizes (~1 min)
@@ -468,10 +471,40 @@ def section_g(n: int, d: int, nlist: int, m: int, nq: int) -> None:
     print(f"  training {slow / fast:.1f}x faster without; same top-10 ids and scores: {same}")
 
 
+
+def section_h(n: int, d: int, nlist: int, codes: str, nq: int, chunk: int = 50_000) -> None:
+    """Equal bytes per vector, other codes: what candidate_factories' tie-break (more dims first) costs."""
+    from index.autoindex import TRAIN_BYTES, ExactTopK, knn_recall
+
+    mix = Mixture(d, 256, seed=7, spread=1.0)  # the data of section (e)
+    rows = min(n, TRAIN_BYTES // (4 * d))  # the sample --max-index-memory would train on
+    print(f"\n(h) codes behind IVF{nlist} on {n:,} x {d} ({mix.describe()}), each trained on the same "
+          f"{rows:,} rows, recall@10 of {nq} held-out queries vs exact search")
+    sample, queries = mix.training_sample(rows, chunk), mix.block(2, 0, nq)
+    blocks = [mix.block(0, i, min(chunk, n - s)) for i, s in enumerate(range(0, n, chunk))]
+    exact = ExactTopK(queries, 10)
+    for x in blocks:
+        exact.add(x)
+    _, truth = exact.result()
+    for code in codes.split(";"):
+        pre, _, tail = code.rpartition(",")
+        factory = f"{pre + ',' if pre else ''}IVF{nlist},{tail}"
+        cpu = time.process_time()
+        index = VideoIndex.empty(d, factory, metric="ip", device="cpu")
+        index.train(sample)
+        for i, x in enumerate(blocks):
+            index.add(x, [f"v{i}_{j}" for j in range(x.shape[0])])
+        built = time.process_time() - cpu
+        recalls = []
+        for nprobe in sorted({min(p, nlist) for p in (16, 64, 256)}):
+            index.set_search_param("nprobe", nprobe)
+            recalls.append(f"nprobe {nprobe}: {knn_recall(index.search_positions(queries, 10)[1], truth, 10):.3f}")
+        print(f"  {factory:34s} {', '.join(recalls)} ({built:.0f} CPU s to build)", flush=True)
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, f and g, the long ones, only by name)")
+    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, f, g and h, the long ones, only by name)")
     ap.add_argument("--scale", default="1M:512:4G,1M:4096:4G,1M:4096:16G,10M:512:4G,10M:4096:16G",
                     help="section (e): N:DIM:BUDGET items, comma-separated")
     ap.add_argument("--_metrics-child", dest="child", default=None, help=argparse.SUPPRESS)
@@ -486,17 +519,19 @@ def main(argv=None) -> int:
     if args.quick:
         sizes = dict(a=(20_000, 512, 500), b=(100_000, 512, 500, 256, 20_000, 50_000, 128),
                      c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000),
-                     f=(20_000, 1024, 256, 200), g=(20_000, 128, 64, 16, 200))
+                     f=(20_000, 1024, 256, 200), g=(20_000, 128, 64, 16, 200),
+                     h=(20_000, 2048, 64, "PCAR256,PQ64;PCA64,SQ8", 200))
     else:
         sizes = dict(a=(100_000, 512, 1000), b=(1_000_000, 512, 1000, 1024, 100_000, 200_000, 256),
                      c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,),
-                     f=(100_000, 4096, 1024, 1000), g=(100_000, 512, 1024, 64, 1000))
+                     f=(100_000, 4096, 1024, 1000), g=(100_000, 512, 1024, 64, 1000),
+                     h=(200_000, 4096, 1024, "PCAR1024,PQ256;PCAR512,PQ256;PCA256,SQ8;PCA512,SQ4;PCA1024,SQ8", 1000))
     print(f"vidfuse index benchmarks ({'quick' if args.quick else 'full'}): faiss {faiss.__version__}, "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     for s in args.only:
         {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e, "f": section_f,
-         "g": section_g}[s](*sizes[s])
+         "g": section_g, "h": section_h}[s](*sizes[s])
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
