@@ -341,7 +341,7 @@ def parse_scale(spec: str) -> list[tuple[int, int, str]]:
 
 def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float, out_dir: str) -> dict:
     """Runs in its own process (its peak RSS is its own): one budgeted build, streamed."""
-    from index.autoindex import ExactTopK, auto_train_rows, budget_index, parse_memory, tune_search
+    from index.autoindex import ExactTopK, auto_train_rows, best_code, budget_index, parse_memory, tune_search
 
     mix = Mixture(d, 256, seed=7, spread=1.0)  # overlapping clusters: neighbours cross IVF list borders
     t0 = time.perf_counter()
@@ -350,6 +350,9 @@ def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float,
     rows = auto_train_rows(index, n)
     sample = mix.training_sample(rows, chunk)
     gen_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    index = best_code(index, n, sample)
+    trial_s = time.perf_counter() - t1
     t1 = time.perf_counter()
     index.train(sample)
     train_s = time.perf_counter() - t1
@@ -377,7 +380,8 @@ def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float,
     save_s = time.perf_counter() - t
     on_disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
     return {"n": n, "d": d, "budget": budget, "factory": index.meta["factory"], "train_rows": rows,
-            "generate_s": gen_s, "train_s": train_s, "add_s": add_s, "build_s": train_s + add_s,
+            "generate_s": gen_s, "code_trial_s": trial_s, "code_trial": index.meta["tuning"].get("code_trial", []),
+            "train_s": train_s, "add_s": add_s, "build_s": train_s + add_s,
             "exact_s": exact_s, "save_s": save_s, "process_cpu_s_until_built": build_cpu,
             "peak_rss": peak_rss(), "bytes_on_disk": on_disk, "estimated_bytes": index.meta["tuning"]["estimated_bytes"],
             "tuning": tuning, "load": os.getloadavg()}
@@ -406,6 +410,9 @@ def section_e(spec: str, nq: int = 1000, chunk: int = 50_000, target: float = 0.
             shutil.rmtree(tmp, ignore_errors=True)
         t = r["tuning"]
         print(f"  {n:,} x {d} under {budget}: {r['factory']} (trained on {r['train_rows']:,} rows)")
+        if r["code_trial"]:
+            print(f"    codes of its size tried on the sample ({r['code_trial_s']:.0f} s): " + ", ".join(
+                f"{x['factory']} {x['recall']:.3f}" for x in r["code_trial"]))
         print(f"    build {r['build_s']:.0f} s (train {r['train_s']:.0f} s + add {r['add_s']:.0f} s; data generation "
               f"{r['generate_s']:.0f} s and exact top-10 {r['exact_s']:.0f} s not counted), peak RSS "
               f"{r['peak_rss'] / GiB:.2f} GiB, on disk {r['bytes_on_disk'] / GiB:.2f} GiB (estimated "

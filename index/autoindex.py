@@ -18,6 +18,14 @@ The choice (:func:`candidate_factories`), most faithful first:
   512, 256 ... dims; PCAR, PCA plus a rotation, in front of PQ so that its sub-vectors carry
   equal variance): assignment, training and scans all cost d per vector, and a PCA is one
   matrix product per chunk.
+
+Codes of the same size are rivals: 256 bytes per vector are PQ256 over 1024 or 512 dims, or
+SQ8 over 256. Which keeps the neighbours best depends on the data's spectrum (few strong
+directions favour SQ8 over fewer dims, a flat one PQ over more), so the order alone does not
+decide: :func:`trial_codes` builds each rival at the scale of the training sample and keeps the
+one with the best recall@10 on held-out sample rows, near-ties going to the ladder's order (on
+the clustered 4096-d vectors of the benchmarks, SQ8 over 256 dims 0.983, PQ256 over 512 dims
+0.966, over 1024 0.897: the ladder's first, PQ256 over 1024, is the worst of the three).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.faiss_index import METRICS, IndexStoreError, VideoIndex
+from index.faiss_index import METRICS, IndexStoreError, VideoIndex, _min_train_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,7 @@ def format_bytes(n: float) -> str:
 class Candidate:
     factory: str
     bytes: int  # estimated size of the written index for n vectors
+    code: int = 0  # bytes per vector of its codes (IVF factories; 0 for Flat and HNSW)
 
 
 def _nlist(n: int) -> int:
@@ -101,18 +110,19 @@ def candidate_factories(n: int, d: int) -> list[Candidate]:
         ladder.append((4 * y, y, f"{prefix}{coarse},Flat", _ivf_bytes(n, d, y, nlist, 4 * y, pca)))
         ladder.append((y, y, f"{prefix}{coarse},SQ8", _ivf_bytes(n, d, y, nlist, y, pca + 8 * y)))
     for m in PQ_SIZES:
-        y = min(d, 4 * m) if d > PCA_ABOVE or d > 4 * m else d
-        if m >= y or y % m:
-            continue
-        pca = 4 * (d * d + y * d + 2 * d) if y < d else 0
-        prefix = f"PCAR{y}," if y < d else ""
-        ladder.append((m, y, f"{prefix}{coarse},PQ{m}", _ivf_bytes(n, d, y, nlist, m, pca + 256 * 4 * y)))
+        widest = min(d, 4 * m) if d > PCA_ABOVE or d > 4 * m else d  # 4 dims per sub-quantizer
+        for y in (widest, 2 * m) if 2 * m < widest else (widest,):  # and its rival of 2 per sub-quantizer
+            if m >= y or y % m:
+                continue
+            pca = 4 * (d * d + y * d + 2 * d) if y < d else 0
+            prefix = f"PCAR{y}," if y < d else ""
+            ladder.append((m, y, f"{prefix}{coarse},PQ{m}", _ivf_bytes(n, d, y, nlist, m, pca + 256 * 4 * y)))
     ladder.sort(key=lambda c: (-c[0], -c[1]))
     seen = {c.factory for c in out}
-    for _, _, factory, size in ladder:
+    for code, _, factory, size in ladder:
         if factory not in seen:
             seen.add(factory)
-            out.append(Candidate(factory, int(size * SLACK)))
+            out.append(Candidate(factory, int(size * SLACK), code))
     return out
 
 
@@ -122,8 +132,6 @@ def choose_factory(n: int, d: int, budget: int) -> Candidate:
     cands = candidate_factories(n, d)
     for cand in cands:
         if cand.bytes <= budget:
-            log.info("budget %s for %d x %d: %s (about %s)", format_bytes(budget), n, d, cand.factory,
-                     format_bytes(cand.bytes))
             return cand
     smallest = min(cands, key=lambda c: c.bytes)
     raise IndexStoreError(
@@ -131,6 +139,15 @@ def choose_factory(n: int, d: int, budget: int) -> Candidate:
         f"{smallest.factory}, needs {format_bytes(smallest.bytes)}; use --max-index-memory "
         f"{format_bytes(smallest.bytes * 1.01)} or more"
     )
+
+
+def code_rivals(n: int, d: int, budget: int) -> list[Candidate]:
+    """choose_factory's pick, then the other candidates with its bytes per vector that fit."""
+    first = choose_factory(n, d, budget)
+    if not first.code:
+        return [first]
+    return [first] + [c for c in candidate_factories(n, d)
+                      if c.code == first.code and c.bytes <= budget and c.factory != first.factory]
 
 
 class ExactTopK:
@@ -244,11 +261,17 @@ TRAIN_BYTES = 1 << 30  # a training sample never takes more than this much memor
 
 def budget_index(n: int, d: int, budget: int, metric: str = "ip", device: str = "auto", meta: dict | None = None,
                  seed: int = 0, shard_size: int | None = None) -> VideoIndex:
-    """An empty index of the factory ``budget`` bytes allow for n vectors of dim d."""
+    """An empty index of the factory ``budget`` bytes allow for n vectors of dim d (before the
+    trial of its equal-size rivals, :func:`best_code`, which needs the training sample)."""
+    choice = choose_factory(n, d, budget)
+    log.info("budget %s for %d x %d: %s (about %s)", format_bytes(budget), n, d, choice.factory,
+             format_bytes(choice.bytes))
+    return _budgeted(VideoIndex.empty(d, choice.factory, metric, device, meta, seed, shard_size), choice, budget)
+
+
+def _budgeted(index: VideoIndex, choice: Candidate, budget: int) -> VideoIndex:
     import faiss
 
-    choice = choose_factory(n, d, budget)
-    index = VideoIndex.empty(d, choice.factory, metric, device, meta, seed, shard_size)
     try:
         faiss.extract_index_ivf(index._trained_index()).cp.niter = KMEANS_ITERS
     except (RuntimeError, TypeError):
@@ -257,10 +280,90 @@ def budget_index(n: int, d: int, budget: int, metric: str = "ip", device: str = 
     return index
 
 
+def best_code(index: VideoIndex, n: int, sample: np.ndarray) -> VideoIndex:
+    """``index`` (empty, from budget_index) or, when an equal-size rival's codes kept more of
+    the sample's neighbours in :func:`trial_codes`, an empty index of that rival; the trial is
+    recorded in meta as tuning.code_trial."""
+    budget = index.meta["tuning"]["max_index_memory"]
+    rivals = code_rivals(n, index.dim, budget)
+    if len(rivals) < 2:
+        return index
+    winner, trials = trial_codes(rivals, sample, index.meta["metric"], int(index.meta["seed"]))
+    if winner.factory != index.meta["factory"]:
+        index = _budgeted(index.empty_like(winner.factory), winner, budget)
+    index.meta["tuning"]["code_trial"] = trials
+    return index
+
+
+TRIAL_BASE = 16_384  # held-out sample rows each rival encodes and searches
+TRIAL_TRAIN = 16_384  # sample rows each rival trains on, at most (64 per PQ centroid)
+TRIAL_QUERIES = 500
+TRIAL_TIE = 0.005  # about twice the standard error of a recall@10 near 0.98 over 500 queries
+
+
+def _kept_dims(factory: str, d: int) -> int:
+    m = re.match(r"PCAR?(\d+),", factory)
+    return int(m.group(1)) if m else d
+
+
+def trial_codes(rivals: list[Candidate], sample: np.ndarray, metric: str = "ip", seed: int = 0,
+                k: int = 10) -> tuple[Candidate, list[dict]]:
+    """The rival whose codes keep the most of the sample's neighbours, and what each measured.
+
+    Each rival is built at the scale of the sample: trained on up to TRIAL_TRAIN sample rows, it
+    encodes TRIAL_BASE others into plain IVF lists as many as that many rows would get, and all
+    its lists are searched, so that only its codes limit the recall@k of TRIAL_QUERIES of those
+    rows (each one's own row left out) against exact search over the full-dim rows. The PCA the
+    rivals share (top directions of one sample) is trained once, to the widest rival's dims,
+    and each rival's own code then works on those reduced rows: at 4096 dims that PCA is most of
+    the trial's time (about 100 s on 2 cores), each rival a few seconds to a minute.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    rng = np.random.default_rng(seed + 2)
+    order = rng.permutation(x.shape[0])
+    n_base = min(TRIAL_BASE, x.shape[0] // 2)
+    base, train = x[np.sort(order[:n_base])], x[np.sort(order[n_base:n_base + TRIAL_TRAIN])]
+    own = np.sort(rng.choice(n_base, min(TRIAL_QUERIES, n_base), replace=False))
+    _, exact = faiss.knn(base[own], base, k + 1, metric=METRICS[metric])
+    d, widest = x.shape[1], max(_kept_dims(c.factory, x.shape[1]) for c in rivals)
+    log.info("trying %d codes of %d bytes per vector on %d held-out sample rows: %s", len(rivals), rivals[0].code,
+             n_base, ", ".join(c.factory for c in rivals))
+    if widest < d:
+        reducer = VideoIndex.empty(d, f"PCA{widest},Flat", metric, "cpu", seed=seed)
+        reducer.train(train)
+        pca = faiss.downcast_VectorTransform(reducer.index.chain.at(0))
+        base, train = pca.apply(base), pca.apply(train)
+    nlist, ids = _nlist(n_base), [str(i) for i in range(n_base)]
+    trials = []
+    for cand in rivals:
+        start = time.perf_counter()
+        index = VideoIndex.empty(base.shape[1], re.sub(r"IVF\d+(_HNSW\d+)?", f"IVF{nlist}", cand.factory), metric,
+                                 "cpu", seed=seed)
+        if _min_train_rows(index._trained_index()) > train.shape[0]:
+            log.info("  %s: left out, %d rows are too few to train it", cand.factory, train.shape[0])
+            continue
+        index.train(train)
+        index.add(base, ids)
+        index.set_search_param("nprobe", nlist)
+        recall = knn_recall(index.search_positions(base[own], k + 1)[1], exact, k, own)
+        trials.append({"factory": cand.factory, "recall": round(recall, 4),
+                       "seconds": round(time.perf_counter() - start, 1)})
+        log.info("  %s: recall@%d %.3f", cand.factory, k, recall)
+    if len(trials) < 2:  # nothing to compare: the ladder's order stands
+        return rivals[0], trials
+    top = max(t["recall"] for t in trials)
+    best = next(t for t in trials if t["recall"] >= top - TRIAL_TIE)  # near-ties: the ladder's order
+    log.info("kept %s (recall@%d %.3f; best %.3f, near-ties go to the ladder's first)", best["factory"], k,
+             best["recall"], top)
+    return next(c for c in rivals if c.factory == best["factory"]), trials
+
+
 def auto_train_rows(index: VideoIndex, n: int) -> int:
     """Training rows for a chosen index: 64 per IVF list (FAISS's k-means wants 39 to 256),
     at most TRAIN_BYTES of vectors, never fewer than the factory needs."""
-    from index.faiss_index import _centroids, _min_train_rows
+    from index.faiss_index import _centroids
 
     nlist = max(_centroids(index._trained_index()), 1)
     cap = max(TRAIN_BYTES // (4 * index.dim), _min_train_rows(index._trained_index()))

@@ -427,6 +427,13 @@ class VideoIndex:
             out._ready()
         return out
 
+    def empty_like(self, factory: str) -> "VideoIndex":
+        """An empty index of ``factory`` with this one's dim, metric, device, meta, seed and
+        shard size: the same build with another code."""
+        meta = {"run": self.meta["run"], "head": self.meta["head"], **self.meta["extra"]}
+        return VideoIndex.empty(int(self.meta["dim"]), factory, self.meta["metric"], self._wanted_device, meta,
+                                int(self.meta["seed"]), self.meta.get("shard_size"))
+
     @property
     def needs_training(self) -> bool:
         return not self._trained_index().is_trained

@@ -173,11 +173,12 @@ def build_streaming(
 
     ``chunks(None)`` yields (embeddings, ids) of all n vectors in order; ``chunks(positions)``
     those of the given (sorted) positions only: the seeded training sample, read the same way.
-    With ``max_index_memory`` (bytes) the factory is chosen from the budget, and nprobe /
+    With ``max_index_memory`` (bytes) the factory is chosen from the budget (its code among the
+    equal-size ones by a trial on the training sample, index.autoindex.trial_codes), and nprobe /
     efSearch tuned to ``target_recall`` (recall@10 against exact search, computed while the
     vectors are added, on up to 1000 sampled vectors as queries, each one's own row left out).
     """
-    from index.autoindex import ExactTopK, auto_train_rows, budget_index, tune_search
+    from index.autoindex import ExactTopK, auto_train_rows, best_code, budget_index, tune_search
 
     shard_size = -(-n // shards) if shards > 1 else None
     if max_index_memory is not None:
@@ -192,6 +193,8 @@ def build_streaming(
             rows = max(rows, min(n, TUNE_QUERIES))  # the tuning's queries come from the sample too
         positions = sample_positions(n, rows, seed)
         sample = np.concatenate([emb for emb, _ in chunks(positions)])
+        if max_index_memory is not None:
+            index = best_code(index, n, sample)
         if index.needs_training:
             index.train(sample)
         if max_index_memory is not None:

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from index.autoindex import ExactTopK, candidate_factories, choose_factory, knn_recall, parse_memory
+from index.autoindex import ExactTopK, candidate_factories, choose_factory, code_rivals, knn_recall, parse_memory
 from index.faiss_index import IndexStoreError, VideoIndex, normalize_device
 from index.run_index import build_streaming
 from stage_fixtures import built_index, cli, stage_data, trained_run  # noqa: F401  (fixture)
@@ -141,7 +141,7 @@ def test_the_chosen_factory_fits_the_budget_and_records_its_tuning(budget, tmp_p
     limit = parse_memory(budget)
     index = build_streaming(chunked(X, IDS, 500), len(IDS), 32, None, max_index_memory=limit, target_recall=0.9,
                             device="cpu")
-    assert index.meta["factory"] == choose_factory(len(IDS), 32, limit).factory
+    assert index.meta["factory"] in [c.factory for c in code_rivals(len(IDS), 32, limit)]
     index.save(str(tmp_path / "idx"))
     assert os.path.getsize(tmp_path / "idx" / "index.faiss") <= limit
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
@@ -159,6 +159,55 @@ def test_the_budget_ladder_goes_from_exact_to_compressed():
     sizes = [c.bytes for c in candidate_factories(5000, 64)]
     assert candidate_factories(5000, 64)[0].factory == "Flat" and min(sizes) < sizes[0] / 3
     assert choose_factory(10_000_000, 4096, parse_memory("16G")).bytes <= parse_memory("16G")
+
+
+def test_codes_of_one_size_are_rivals_that_fit_the_budget():
+    budget = parse_memory("4G")
+    rivals = code_rivals(10_000_000, 4096, budget)
+    names = [c.factory for c in rivals]
+    assert names[0] == choose_factory(10_000_000, 4096, budget).factory
+    assert {"PCAR1024,IVF16384_HNSW32,PQ256", "PCAR512,IVF16384_HNSW32,PQ256", "PCA256,IVF16384_HNSW32,SQ8"} <= set(names)
+    assert {c.code for c in rivals} == {256} and all(c.bytes <= budget for c in rivals)
+    assert code_rivals(len(IDS), 32, parse_memory("600K"))[0].factory == "Flat"  # exact search has no rival
+
+
+def low_rank(n: int, d: int, rank: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, rank)))[0].T
+    x = rng.standard_normal((n, rank)) @ basis + 0.02 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def isotropic(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("data, expected", [("low_rank", "PCA32,IVF512,SQ8"), ("isotropic", "IVF512,PQ32")])
+def test_the_budget_builds_the_equal_size_code_that_keeps_more_neighbours(data, expected, tmp_path):
+    """32 bytes per vector for 64 dims: SQ8 over 32 PCA dims wins when 8 directions hold the data,
+    PQ32 over all 64 when every direction counts; the trial on the sample says which, and the
+    whole indexes agree."""
+    n = 20_000
+    x = low_rank(n, 64, 8, seed=4) if data == "low_rank" else isotropic(n, 64, seed=4)
+    ids = ids_for(n)
+    budget = parse_memory("1.1M")
+    assert {c.factory for c in code_rivals(n, 64, budget)} == {"PCA32,IVF512,SQ8", "IVF512,PQ32"}
+    built = build_streaming(chunked(x, ids, 5000), n, 64, None, max_index_memory=budget, target_recall=0.9,
+                            device="cpu")
+    assert built.meta["factory"] == expected
+    trial = {t["factory"]: t["recall"] for t in built.meta["tuning"]["code_trial"]}
+    assert set(trial) == {"PCA32,IVF512,SQ8", "IVF512,PQ32"} and max(trial, key=trial.get) == expected
+    built.save(str(tmp_path / "idx"))
+    assert json.loads((tmp_path / "idx" / "meta.json").read_text())["tuning"]["code_trial"]
+    queries = x[:: n // 200]
+    truth = faiss.knn(queries, x, 11, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    recall = {}
+    for factory in trial:  # each code built whole and searched in every list: only the codes differ
+        index = build_streaming(chunked(x, ids, 5000), n, 64, factory, device="cpu", nprobe=512)
+        recall[factory] = knn_recall(index.search_positions(queries, 11)[1], truth, 10, own=np.arange(0, n, n // 200))
+    assert max(recall, key=recall.get) == expected
+    assert min(recall.values()) < recall[expected] - 0.03
 
 
 def test_a_budget_too_small_for_any_index_names_the_smallest_that_fits():
