@@ -15,11 +15,14 @@
       trains), side by side on one sample: time, and whether the searches agree
   (h) codes of equal bytes per vector (PQ over more PCA dims, SQ8 over fewer) behind one IVF,
       side by side on section (e)'s data: recall@10 vs exact search
+  (i) the trial a budgeted build runs among those codes (index.autoindex.trial_codes), alone on
+      the training sample of each of section (e)'s builds: what each code kept, which one wins
 
     python benchmarks/index.py --only e --scale 1M:512:4G,1M:4096:4G
     python benchmarks/index.py --only f   # about 10 CPU-minutes at 100,000 x 4096
     python benchmarks/index.py --only g   # a few minutes
     python benchmarks/index.py --only h   # about 15 min at 200,000 x 4096
+    python benchmarks/index.py --only i   # a few minutes: the trials of section (e)'s builds
 
     python benchmarks/index.py            # full sizes (~5-10 min on 2 cores)
     python benchmarks/index.py --quick    # small sizes (~1 min)
@@ -339,16 +342,23 @@ def parse_scale(spec: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def budget_and_sample(mix: Mixture, n: int, d: int, budget: str, chunk: int) -> tuple[VideoIndex, np.ndarray]:
+    """The empty index ``budget`` allows for n x d (the ladder's first) and the sample it trains on."""
+    from index.autoindex import auto_train_rows, budget_index, parse_memory
+
+    index = budget_index(n, d, parse_memory(budget), device="cpu", seed=0)
+    return index, mix.training_sample(auto_train_rows(index, n), chunk)
+
+
 def scale_child(n: int, d: int, budget: str, nq: int, chunk: int, target: float, out_dir: str) -> dict:
     """Runs in its own process (its peak RSS is its own): one budgeted build, streamed."""
-    from index.autoindex import ExactTopK, auto_train_rows, best_code, budget_index, parse_memory, tune_search
+    from index.autoindex import ExactTopK, best_code, tune_search
 
     mix = Mixture(d, 256, seed=7, spread=1.0)  # overlapping clusters: neighbours cross IVF list borders
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    index = budget_index(n, d, parse_memory(budget), device="cpu", seed=0)
-    rows = auto_train_rows(index, n)
-    sample = mix.training_sample(rows, chunk)
+    index, sample = budget_and_sample(mix, n, d, budget, chunk)
+    rows = sample.shape[0]
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     index = best_code(index, n, sample)
@@ -508,12 +518,31 @@ def section_h(n: int, d: int, nlist: int, codes: str, nq: int, chunk: int = 50_0
             recalls.append(f"nprobe {nprobe}: {knn_recall(index.search_positions(queries, 10)[1], truth, 10):.3f}")
         print(f"  {factory:34s} {', '.join(recalls)} ({built:.0f} CPU s to build)", flush=True)
 
+def section_i(spec: str, chunk: int = 50_000) -> None:
+    """The trial of equal-size codes alone, on the training sample of each of section (e)'s builds."""
+    from index.autoindex import best_code
+
+    print(f"\n(i) codes of one size tried on the training sample of section (e)'s builds (the same data and "
+          f"sample): recall@10 of each, and the one a build would keep")
+    for n, d, budget in parse_scale(spec):
+        index, sample = budget_and_sample(Mixture(d, 256, seed=7, spread=1.0), n, d, budget, chunk)
+        first, rows, t = index.meta["factory"], sample.shape[0], time.perf_counter()
+        index = best_code(index, n, sample)
+        del sample
+        trial = index.meta["tuning"].get("code_trial")
+        if not trial:
+            print(f"  {n:,} x {d} under {budget}: {first}, the only code of its size that fits")
+            continue
+        print(f"  {n:,} x {d} under {budget}, {rows:,} sample rows, {time.perf_counter() - t:.0f} s: " + ", ".join(
+            f"{x['factory']} {x['recall']:.3f}" for x in trial) + f" -> {index.meta['factory']}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e, f, g and h, the long ones, only by name)")
+    ap.add_argument("--only", default="abcd", help="sections to run, e.g. 'ac' (e to i, the long ones, only by name)")
     ap.add_argument("--scale", default="1M:512:4G,1M:4096:4G,1M:4096:16G,10M:512:4G,10M:4096:16G",
-                    help="section (e): N:DIM:BUDGET items, comma-separated")
+                    help="sections (e) and (i): N:DIM:BUDGET items, comma-separated")
     ap.add_argument("--_metrics-child", dest="child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_scale-child", dest="scale_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -527,18 +556,19 @@ def main(argv=None) -> int:
         sizes = dict(a=(20_000, 512, 500), b=(100_000, 512, 500, 256, 20_000, 50_000, 128),
                      c=(20_000, 256, 2048), d=(20_000, 512, 500), e=("100K:512:64M", 200, 20_000),
                      f=(20_000, 1024, 256, 200), g=(20_000, 128, 64, 16, 200),
-                     h=(20_000, 2048, 64, "PCAR256,PQ64;PCA64,SQ8", 200))
+                     h=(20_000, 2048, 64, "PCAR256,PQ64;PCA64,SQ8", 200), i=("100K:512:30M",))
     else:
         sizes = dict(a=(100_000, 512, 1000), b=(1_000_000, 512, 1000, 1024, 100_000, 200_000, 256),
                      c=(100_000, 256, 2048), d=(100_000, 512, 1000), e=(args.scale,),
                      f=(100_000, 4096, 1024, 1000), g=(100_000, 512, 1024, 64, 1000),
-                     h=(200_000, 4096, 1024, "PCAR1024,PQ256;PCAR512,PQ256;PCA256,SQ8;PCA512,SQ4;PCA1024,SQ8", 1000))
+                     h=(200_000, 4096, 1024, "PCAR1024,PQ256;PCAR512,PQ256;PCA256,SQ8;PCA512,SQ4;PCA1024,SQ8", 1000),
+                     i=(args.scale,))
     print(f"vidfuse index benchmarks ({'quick' if args.quick else 'full'}): faiss {faiss.__version__}, "
           f"numpy {np.__version__}, {os.cpu_count()} CPUs")
     t0 = time.perf_counter()
     for s in args.only:
         {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e, "f": section_f,
-         "g": section_g, "h": section_h}[s](*sizes[s])
+         "g": section_g, "h": section_h, "i": section_i}[s](*sizes[s])
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
     return 0
 

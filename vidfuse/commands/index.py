@@ -21,8 +21,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--splits", default=None, help="folder of split files (default: beside the captions)")
     p.add_argument("--factory", default=None, help="FAISS index_factory string: Flat (the default), IVF4096,Flat, HNSW32, IVF1024,PQ32 ...")
     p.add_argument("--max-index-memory", default=None, metavar="SIZE",
-                   help="instead of --factory: the most faithful index that fits SIZE (4G, 512M ...), its nprobe/efSearch "
-                        "tuned against exact search; meta.json records the recall measured")
+                   help="instead of --factory: the most faithful index that fits SIZE (4G, 512M ...), its code the one of "
+                        "that size that keeps the most neighbours of the training sample, its nprobe/efSearch tuned "
+                        "against exact search; meta.json records the recalls measured")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 the tuning aims for (default 0.95)")
     p.add_argument("--shards", type=int, default=1, help="write the index as N shards, searched together (default 1)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="videos read, encoded and added at a time (default 50000)")
@@ -58,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"index: {added} videos added, {len(index)} in {args.out} ({index.meta['factory']}, {index.meta['dim']}-d, "
           f"{index.device}{shards})")
     tuning = index.meta.get("tuning") or {}
+    if tuning.get("code_trial"):
+        print("codes of its size tried on the training sample (recall@10): " + ", ".join(
+            f"{t['factory']} {t['recall']:.3f}" for t in tuning["code_trial"]))
     if "recall" in tuning:
         print(f"tuned: {tuning['param'] or 'nothing to tune'}={tuning['value']}, recall@10 {tuning['recall']:.3f} "
               f"vs exact search on {tuning['queries']} sampled videos, {tuning['queries_per_s']:.0f} queries/s")
