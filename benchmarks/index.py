@@ -518,12 +518,13 @@ def section_h(n: int, d: int, nlist: int, codes: str, nq: int, chunk: int = 50_0
             recalls.append(f"nprobe {nprobe}: {knn_recall(index.search_positions(queries, 10)[1], truth, 10):.3f}")
         print(f"  {factory:34s} {', '.join(recalls)} ({built:.0f} CPU s to build)", flush=True)
 
+
 def section_i(spec: str, chunk: int = 50_000) -> None:
     """The trial of equal-size codes alone, on the training sample of each of section (e)'s builds."""
     from index.autoindex import best_code
 
-    print(f"\n(i) codes of one size tried on the training sample of section (e)'s builds (the same data and "
-          f"sample): recall@10 of each, and the one a build would keep")
+    print("\n(i) codes of one size tried on the training sample of section (e)'s builds (the same data and "
+          "sample): recall@10 of each, and the one a build would keep")
     for n, d, budget in parse_scale(spec):
         index, sample = budget_and_sample(Mixture(d, 256, seed=7, spread=1.0), n, d, budget, chunk)
         first, rows, t = index.meta["factory"], sample.shape[0], time.perf_counter()
