@@ -141,7 +141,8 @@ def test_the_chosen_factory_fits_the_budget_and_records_its_tuning(budget, tmp_p
     limit = parse_memory(budget)
     index = build_streaming(chunked(X, IDS, 500), len(IDS), 32, None, max_index_memory=limit, target_recall=0.9,
                             device="cpu")
-    assert index.meta["factory"] in [c.factory for c in code_rivals(len(IDS), 32, limit)]
+    assert len(code_rivals(len(IDS), 32, limit)) == 1  # no equal-size rival at these budgets: no trial
+    assert index.meta["factory"] == choose_factory(len(IDS), 32, limit).factory
     index.save(str(tmp_path / "idx"))
     assert os.path.getsize(tmp_path / "idx" / "index.faiss") <= limit
     meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
